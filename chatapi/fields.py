@@ -1,0 +1,43 @@
+"""Serializer fields shared by the apps' input serializers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers, booleans, lists and objects instead of turning them into text.
+
+    Whitespace is kept as sent (a prompt's spacing is the user's), unless asked otherwise.
+    """
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true/false as JSON booleans or the strings "true"/"false" (forms send strings); nothing else."""
+
+    default_error_messages = {"invalid": 'Must be a boolean: true or false (or the strings "true"/"false").'}
+    TRUE_VALUES = {True, "true", "True", "TRUE"}
+    FALSE_VALUES = {False, "false", "False", "FALSE"}
+    NULL_VALUES: set[Any] = set()
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer as a JSON number or a form string of digits; booleans and floats are refused."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or isinstance(data, float):
+            self.fail("invalid")
+        return super().to_internal_value(data)

@@ -1,0 +1,72 @@
+"""URL routes. API paths take an optional trailing slash (same route, no redirect)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.urls import URLPattern, path, re_path
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
+
+from accounts.views import APIKeyViewSet
+from chatapi.health import healthz, readyz
+from conversations.views import ConversationViewSet
+
+handler400 = "chatapi.errors.bad_request_view"
+handler404 = "chatapi.errors.not_found_view"
+handler500 = "chatapi.errors.server_error_view"
+
+ID = r"(?P<{}>[^/]+)"
+
+
+def api_route(pattern: str, view: Any, name: str) -> URLPattern:
+    """`pattern` with or without a trailing slash, as one route."""
+    return re_path(rf"^{pattern}/?$", view, name=name)
+
+
+conversations = ConversationViewSet.as_view
+keys = APIKeyViewSet.as_view
+CONV = ID.format("conversation_id")
+MSG = ID.format("message_id")
+
+urlpatterns = [
+    api_route("conversations", conversations({"get": "list", "post": "create"}), "conversation-list"),
+    api_route("conversations/new", conversations({"post": "new"}), "conversation-new"),
+    api_route("conversations/all", conversations({"delete": "destroy_all"}), "conversation-all"),
+    api_route(
+        rf"conversations/{CONV}",
+        conversations({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+        "conversation-detail",
+    ),
+    api_route(rf"conversations/{CONV}/ask", conversations({"post": "ask"}), "conversation-ask"),
+    api_route(rf"conversations/{CONV}/messages", conversations({"get": "messages"}), "conversation-messages"),
+    api_route(
+        rf"conversations/{CONV}/messages/{MSG}/regenerate",
+        conversations({"post": "regenerate"}),
+        "message-regenerate",
+    ),
+    api_route(rf"conversations/{CONV}/messages/{MSG}", conversations({"delete": "destroy_message"}), "message-detail"),
+    api_route(rf"conversations/{CONV}/fork", conversations({"post": "fork"}), "conversation-fork"),
+    api_route("api/keys", keys({"get": "list", "post": "create"}), "api-key-list"),
+    api_route(rf"api/keys/{ID.format('key_id')}", keys({"delete": "destroy"}), "api-key-detail"),
+    api_route("healthz", healthz, "healthz"),
+    api_route("readyz", readyz, "readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("admin/", admin.site.urls),
+]
+
+
+def schema_without_slash_duplicates(endpoints: list[tuple]) -> list[tuple]:
+    """drf-spectacular hook: document API routes without the optional trailing slash."""
+    cleaned = []
+    for path_, path_regex, method, callback in endpoints:
+        if path_.endswith("/") and path_ != "/":
+            path_ = path_.rstrip("/")
+        cleaned.append((path_, path_regex, method, callback))
+    return cleaned

@@ -1,0 +1,167 @@
+"""The one module that talks to the model backend.
+
+With OPENAI_API_KEY and/or OPENAI_BASE_URL set, requests go through the `openai` SDK to OpenAI or
+any OpenAI-compatible server. The model named `echo` is a built-in offline development aid (like
+Django's console e-mail backend): it answers without any backend, so the service works on a fresh
+machine with no key. SDK and transport errors leave this module as chatapi's own exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import openai
+from django.conf import settings
+
+from chatapi.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+ECHO_MODEL = "echo"
+ECHO_NOTICE = "[echo: offline development model, no LLM backend configured]"
+# An OpenAI-compatible server without auth (vLLM, Ollama, …) still needs some key for the SDK.
+PLACEHOLDER_API_KEY = "not-needed"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    content: str
+    model: str
+    finish_reason: str  # "stop" or "length"
+    usage: Usage | None
+
+
+ChatMessages = list[dict[str, str]]
+
+
+def available_models() -> list[str]:
+    return list(settings.CHATAPI_MODELS)
+
+
+def default_model() -> str:
+    return settings.CHATAPI_DEFAULT_MODEL
+
+
+def model_resolve(name: str | None, *, param: str = "model") -> str:
+    """The model a request means: `auto`/empty is the default; an unknown name is a 400."""
+    name = (name or "").strip()
+    if not name or name == "auto":
+        return default_model()
+    if name not in settings.CHATAPI_MODELS:
+        raise InvalidRequest(
+            f"Unknown model {name!r}. Available: {', '.join(settings.CHATAPI_MODELS)}.",
+            code="model_not_found",
+            param=param,
+        )
+    return name
+
+
+@lru_cache(maxsize=4)
+def _client(base_url: str, api_key: str, timeout: float, max_retries: int) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries
+    )
+
+
+def client() -> openai.OpenAI:
+    """The SDK client for the configured backend, built once per configuration."""
+    if not (settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL):
+        raise BackendUnavailable(
+            "No model backend is configured: set OPENAI_API_KEY and/or OPENAI_BASE_URL.",
+            code="backend_not_configured",
+        )
+    return _client(
+        settings.OPENAI_BASE_URL,
+        settings.OPENAI_API_KEY or PLACEHOLDER_API_KEY,
+        float(settings.CHATAPI_BACKEND_TIMEOUT),
+        int(settings.CHATAPI_BACKEND_MAX_RETRIES),
+    )
+
+
+def _count_tokens(text: str) -> int:
+    # The echo model has no tokenizer; whitespace-separated words are a fair stand-in.
+    return len(text.split())
+
+
+def _echo(messages: ChatMessages) -> Completion:
+    prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    turns = sum(1 for m in messages if m["role"] == "user")
+    content = f"{ECHO_NOTICE} You said: {prompt}" + (f" (turn {turns})" if turns > 1 else "")
+    prompt_tokens = sum(_count_tokens(m["content"]) for m in messages)
+    completion_tokens = _count_tokens(content)
+    return Completion(
+        content=content,
+        model=ECHO_MODEL,
+        finish_reason="stop",
+        usage=Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens),
+    )
+
+
+def translate_error(exc: openai.OpenAIError, *, model: str) -> BackendError:
+    """An SDK/transport error as the project's exception (502 answered with an error, 503 unreachable, 504 timeout)."""
+    if isinstance(exc, openai.APITimeoutError):
+        return BackendTimeout(f"The model backend did not answer within {settings.CHATAPI_BACKEND_TIMEOUT:g} s.")
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendUnavailable("The model backend could not be reached.")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        backend_message = exc.message
+        details: dict[str, Any] = {"backend_status": status, "backend_message": backend_message}
+        if status == 429:
+            retry_after = exc.response.headers.get("retry-after")
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return BackendUnavailable(
+                "The model backend is over capacity or quota (429); try again later.",
+                code="backend_rate_limited",
+                details=details,
+                headers=headers,
+            )
+        if status == 404:
+            return BackendError(
+                f"The model backend does not know the model {model!r}.", code="backend_model_not_found", details=details
+            )
+        return BackendError(f"The model backend answered with HTTP {status}.", details=details)
+    logger.warning("Unexpected error from the model backend: %r", exc)
+    return BackendError("The model backend failed.", details={"backend_message": str(exc)})
+
+
+def complete(*, model: str, messages: ChatMessages, max_tokens: int | None = None) -> Completion:
+    """One chat completion for `messages` (system first, oldest first)."""
+    if model == ECHO_MODEL:
+        return _echo(messages)
+    params: dict[str, Any] = {"model": model, "messages": messages}
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    try:
+        response = client().chat.completions.create(**params)
+    except openai.OpenAIError as exc:
+        raise translate_error(exc, model=model) from exc
+    if not response.choices:
+        raise BackendError("The model backend returned no choices.", code="backend_empty_response")
+    choice = response.choices[0]
+    usage = None
+    if response.usage is not None:
+        usage = Usage(
+            prompt_tokens=response.usage.prompt_tokens or 0,
+            completion_tokens=response.usage.completion_tokens or 0,
+            total_tokens=response.usage.total_tokens or 0,
+        )
+    finish = "length" if choice.finish_reason == "length" else "stop"
+    return Completion(
+        content=choice.message.content or "", model=response.model or model, finish_reason=finish, usage=usage
+    )

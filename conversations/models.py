@@ -1,0 +1,75 @@
+"""Conversations and their messages, kept as a tree (each message points at its parent)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=255, blank=True, help_text="Set from the first prompt unless given.")
+    model = models.CharField(max_length=200, blank=True, help_text="Model for new replies; empty means the default.")
+    system_prompt = models.TextField(blank=True, help_text="Sent first in every request's context.")
+    # DO_NOTHING: the services move current_node before deleting messages, and deleting a whole
+    # conversation takes its messages with it in one statement.
+    current_node = models.ForeignKey(
+        "Message",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        help_text="The leaf of the branch the conversation shows.",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, help_text="Last time a message was added.")
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx")]
+
+    def __str__(self) -> str:
+        return self.title or str(self.id)
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Finish(models.TextChoices):
+        STOP = "stop"
+        LENGTH = "length"
+        INTERRUPTED = "interrupted"
+        ERROR = "error"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,  # subtrees are deleted by the service, in one statement
+        related_name="children",
+        help_text="The message this one answers or follows; null for a root.",
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    model = models.CharField(max_length=200, blank=True, help_text="The model that wrote an assistant message.")
+    finish_details = models.CharField(max_length=16, choices=Finish.choices, null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["conversation", "created_at"], name="msg_conv_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:60]}"

@@ -1,0 +1,131 @@
+"""Read queries for conversations and message trees; a whole branch is one query (recursive CTE)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+
+from django.db import connection
+from django.db.models import Count, QuerySet
+from django.db.models.expressions import RawSQL
+
+from chatapi.errors import InvalidRequest, NotFound
+from chatapi.ids import parse_uuid
+from conversations.models import Conversation, Message
+
+ORDERINGS = {
+    "update_time": "updated_at",
+    "-update_time": "-updated_at",
+    "create_time": "created_at",
+    "-create_time": "-created_at",
+    "title": "title",
+    "-title": "-title",
+}
+
+
+def conversation_list_for_user(*, user, q: str = "", order: str = "-update_time") -> QuerySet[Conversation]:
+    conversations = Conversation.objects.filter(owner=user)
+    if q:
+        conversations = conversations.filter(title__icontains=q)
+    field = ORDERINGS[order]
+    return conversations.annotate(message_count=Count("messages")).order_by(field, "-id" if "-" in field else "id")
+
+
+def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
+    """The user's conversation; anything else (another user's, unknown, not a UUID) is a 404."""
+    pk = parse_uuid(conversation_id)
+    conversation = Conversation.objects.filter(owner=user, pk=pk).first() if pk else None
+    if conversation is None:
+        raise NotFound("Conversation not found.", code="conversation_not_found")
+    return conversation
+
+
+def message_get_in_conversation(*, conversation: Conversation, message_id: object, param: str | None = None) -> Message:
+    """A message of this conversation. In a body (`param` given) a bad id is a 400, on a path a 404."""
+    pk = parse_uuid(message_id)
+    message = Message.objects.filter(conversation=conversation, pk=pk).first() if pk else None
+    if message is None:
+        if param is not None:
+            reason = "is not a message of this conversation" if pk else "must be a message id (a UUID)"
+            raise InvalidRequest(f"{param} {reason}.", code="invalid_message_id", param=param)
+        raise NotFound("Message not found.", code="message_not_found")
+    return message
+
+
+def _pk_param(value: uuid.UUID):
+    return Message._meta.pk.get_db_prep_value(value, connection)
+
+
+def message_path_get(*, leaf: Message | None) -> list[Message]:
+    """The branch root→`leaf`, oldest first, in one query whatever its depth."""
+    if leaf is None:
+        return []
+    table = Message._meta.db_table
+    ancestors = RawSQL(
+        f"""
+        WITH RECURSIVE path(id, parent_id) AS (
+            SELECT id, parent_id FROM {table} WHERE id = %s AND conversation_id = %s
+            UNION ALL
+            SELECT m.id, m.parent_id FROM {table} m JOIN path p ON m.id = p.parent_id
+        )
+        SELECT id FROM path
+        """,
+        (_pk_param(leaf.pk), _pk_param(leaf.conversation_id)),
+    )
+    by_id = {message.pk: message for message in Message.objects.filter(pk__in=ancestors)}
+    path: list[Message] = []
+    node = by_id.get(leaf.pk)
+    while node is not None:
+        path.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id else None
+    path.reverse()
+    return path
+
+
+def message_subtree_ids(*, root: Message) -> list[uuid.UUID]:
+    """Ids of `root` and all its descendants, in one query."""
+    table = Message._meta.db_table
+    descendants = RawSQL(
+        f"""
+        WITH RECURSIVE subtree(id) AS (
+            SELECT id FROM {table} WHERE id = %s
+            UNION ALL
+            SELECT m.id FROM {table} m JOIN subtree s ON m.parent_id = s.id
+        )
+        SELECT id FROM subtree
+        """,
+        (_pk_param(root.pk),),
+    )
+    return list(Message.objects.filter(pk__in=descendants).values_list("pk", flat=True))
+
+
+def message_list_all(*, conversation: Conversation) -> list[Message]:
+    return list(Message.objects.filter(conversation=conversation).order_by("created_at", "id"))
+
+
+def message_children_map(*, messages: Iterable[Message], complete: bool = False) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """Each message's direct children ids, oldest first.
+
+    With `complete=True` the given messages are the whole conversation, so no query is needed.
+    """
+    messages = list(messages)
+    children: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    if complete:
+        for message in messages:  # already oldest first
+            if message.parent_id is not None:
+                children[message.parent_id].append(message.pk)
+        return children
+    ids = [message.pk for message in messages]
+    if ids:
+        rows = (
+            Message.objects.filter(parent_id__in=ids).order_by("created_at", "id").values_list("parent_id", "pk")
+        )
+        for parent_id, child_id in rows:
+            children[parent_id].append(child_id)
+    return children
+
+
+def conversation_message_count(*, conversation: Conversation) -> int:
+    return Message.objects.filter(conversation=conversation).count()
+

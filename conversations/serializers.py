@@ -1,0 +1,219 @@
+"""Input and output serializers of the conversation API (no business rules here)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from chatapi.fields import StrictBooleanField, StrictCharField
+from conversations.models import Conversation, Message
+from conversations.selectors import ORDERINGS
+
+# --- input -------------------------------------------------------------------------------------
+
+
+class _ModelChoiceInput(serializers.Serializer):
+    model = StrictCharField(
+        required=False, allow_blank=True, allow_null=True, max_length=200, help_text='A model id, or "auto".'
+    )
+
+
+class _ReplyOptionsInput(_ModelChoiceInput):
+    stream = StrictBooleanField(required=False, default=False, help_text="Stream the reply as server-sent events.")
+    autocontinue = StrictBooleanField(
+        required=False, default=False, help_text="Keep generating when the model stops at its token limit."
+    )
+
+
+class ConversationNewInput(_ReplyOptionsInput):
+    prompt = StrictCharField(allow_blank=True, help_text="The user's first message.")
+    title = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
+    system_prompt = StrictCharField(required=False, allow_blank=True, default="")
+
+
+class ConversationCreateInput(_ModelChoiceInput):
+    title = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
+    system_prompt = StrictCharField(required=False, allow_blank=True, default="")
+
+
+class ConversationUpdateInput(_ModelChoiceInput):
+    title = StrictCharField(required=False, allow_blank=True, max_length=255)
+    system_prompt = StrictCharField(required=False, allow_blank=True)
+    current_node = serializers.UUIDField(required=False, help_text="Switch branch: a message of this conversation.")
+
+
+class AskInput(_ReplyOptionsInput):
+    prompt = StrictCharField(allow_blank=True, help_text="The user's message.")
+    parent_id = serializers.UUIDField(
+        required=False,
+        allow_null=True,
+        help_text="Answer this message (an earlier one makes a new branch); default: current_node.",
+    )
+
+
+class RegenerateInput(_ReplyOptionsInput):
+    pass
+
+
+class ForkInput(serializers.Serializer):
+    message_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="Copy the path root→this message; default: current_node."
+    )
+    title = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
+
+
+class MessageListQuery(serializers.Serializer):
+    leaf = serializers.UUIDField(required=False, help_text="Return the branch root→this message.")
+    all = StrictBooleanField(required=False, default=False, help_text="Return every message, oldest first.")
+
+
+class ConversationListQuery(serializers.Serializer):
+    limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0)
+    q = StrictCharField(required=False, allow_blank=True, default="", help_text="Search in titles.")
+    order = serializers.ChoiceField(
+        required=False,
+        default="-update_time",
+        choices=list(ORDERINGS),
+    )
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+class AuthorOutput(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Message.Role.choices)
+    name = serializers.CharField(allow_null=True)
+    metadata = serializers.DictField()
+
+
+class UsageOutput(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class MessageOutput(serializers.Serializer):
+    """A message; `context["children"]` maps message ids to their children's ids."""
+
+    id = serializers.UUIDField()
+    conversation_id = serializers.UUIDField()
+    parent_id = serializers.UUIDField(allow_null=True)
+    children = serializers.SerializerMethodField()
+    author = serializers.SerializerMethodField()
+    message = serializers.CharField(source="content")
+    model = serializers.SerializerMethodField()
+    finish_details = serializers.ChoiceField(choices=Message.Finish.choices, allow_null=True)
+    end_turn = serializers.SerializerMethodField()
+    recipient = serializers.SerializerMethodField()
+    citations = serializers.SerializerMethodField()
+    create_time = serializers.DateTimeField(source="created_at")
+    usage = serializers.SerializerMethodField()
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_children(self, message: Message) -> list[str]:
+        return [str(child) for child in self.context.get("children", {}).get(message.pk, [])]
+
+    @extend_schema_field(AuthorOutput)
+    def get_author(self, message: Message) -> dict[str, Any]:
+        return {"role": message.role, "name": None, "metadata": {}}
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_model(self, message: Message) -> str | None:
+        return message.model or None
+
+    @extend_schema_field(serializers.BooleanField(allow_null=True))
+    def get_end_turn(self, message: Message) -> bool | None:
+        if message.role != Message.Role.ASSISTANT:
+            return None
+        return message.finish_details == Message.Finish.STOP
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_recipient(self, message: Message) -> str:
+        return "all"
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_citations(self, message: Message) -> list[Any]:
+        return []
+
+    @extend_schema_field(UsageOutput(allow_null=True))
+    def get_usage(self, message: Message) -> dict[str, int] | None:
+        if message.total_tokens is None:
+            return None
+        return {
+            "prompt_tokens": message.prompt_tokens or 0,
+            "completion_tokens": message.completion_tokens or 0,
+            "total_tokens": message.total_tokens,
+        }
+
+
+class ReplyOutput(MessageOutput):
+    """The assistant message of an ask: `parent_id` is the id to continue from (its own id)."""
+
+    parent_id = serializers.UUIDField(source="pk", help_text="Send this as parent_id to continue the thread.")
+    request_id = serializers.UUIDField(source="parent_id", help_text="The user message this answers.")
+
+
+class AskOutput(serializers.Serializer):
+    response = ReplyOutput()
+
+
+class MappingNodeOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    parent = serializers.UUIDField(allow_null=True)
+    children = serializers.ListField(child=serializers.UUIDField())
+    message = MessageOutput()
+
+
+class ConversationOutput(serializers.Serializer):
+    """A conversation; `mapping`/`current_node` are filled in when `context["messages"]` is given."""
+
+    id = serializers.UUIDField()
+    title = serializers.CharField()
+    create_time = serializers.DateTimeField(source="created_at")
+    update_time = serializers.DateTimeField(source="updated_at")
+    model = serializers.SerializerMethodField()
+    system_prompt = serializers.CharField()
+    message_count = serializers.SerializerMethodField()
+    mapping = serializers.SerializerMethodField()
+    current_node = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_model(self, conversation: Conversation) -> str:
+        return conversation.model or settings.CHATAPI_DEFAULT_MODEL
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_message_count(self, conversation: Conversation) -> int:
+        messages = self.context.get("messages")
+        if messages is not None:
+            return len(messages)
+        return getattr(conversation, "message_count", 0)
+
+    @extend_schema_field(serializers.DictField(child=MappingNodeOutput(), allow_null=True))
+    def get_mapping(self, conversation: Conversation) -> dict[str, Any] | None:
+        messages = self.context.get("messages")
+        if messages is None:
+            return None
+        children = self.context["children"]
+        message_output = MessageOutput(context={"children": children})
+        return {
+            str(message.pk): {
+                "id": str(message.pk),
+                "parent": str(message.parent_id) if message.parent_id else None,
+                "children": [str(child) for child in children.get(message.pk, [])],
+                "message": message_output.to_representation(message),
+            }
+            for message in messages
+        }
+
+    @extend_schema_field(serializers.UUIDField(allow_null=True))
+    def get_current_node(self, conversation: Conversation) -> str | None:
+        if self.context.get("messages") is None:
+            return None
+        node: uuid.UUID | None = conversation.current_node_id
+        return str(node) if node else None

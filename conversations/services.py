@@ -1,0 +1,281 @@
+"""Use cases for conversations; the threading rules of the API contract are enforced here and only here."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from chatapi.errors import BackendError, InvalidRequest
+from conversations import llm
+from conversations.models import Conversation, Message
+from conversations.selectors import (
+    message_get_in_conversation,
+    message_path_get,
+    message_subtree_ids,
+)
+
+TITLE_LENGTH = 60
+
+
+class _Unset:
+    pass
+
+
+UNSET = _Unset()
+
+
+def title_from_prompt(prompt: str) -> str:
+    """A short title from the first prompt: its first line, whitespace collapsed, cut at a word."""
+    first_line = next((line for line in prompt.splitlines() if line.strip()), "")
+    words = " ".join(first_line.split())
+    if len(words) <= TITLE_LENGTH:
+        return words
+    cut = words[: TITLE_LENGTH - 1].rsplit(" ", 1)[0] or words[: TITLE_LENGTH - 1]
+    return cut.rstrip(" .,;:") + "…"
+
+
+def _stored_model(model: str | None) -> str:
+    """The model to keep on a conversation: "" (server default) for auto/empty, else a known model."""
+    if model is None or model.strip() in ("", "auto"):
+        return ""
+    return llm.model_resolve(model)
+
+
+def conversation_create(*, owner, title: str = "", model: str | None = None, system_prompt: str = "") -> Conversation:
+    return Conversation.objects.create(
+        owner=owner, title=title.strip(), model=_stored_model(model), system_prompt=system_prompt
+    )
+
+
+def conversation_update(
+    *,
+    conversation: Conversation,
+    title: str | _Unset = UNSET,
+    model: str | None | _Unset = UNSET,
+    system_prompt: str | _Unset = UNSET,
+    current_node: str | uuid.UUID | _Unset = UNSET,
+) -> Conversation:
+    fields: list[str] = []
+    if not isinstance(title, _Unset):
+        conversation.title = title.strip()
+        fields.append("title")
+    if not isinstance(model, _Unset):
+        conversation.model = _stored_model(model)
+        fields.append("model")
+    if not isinstance(system_prompt, _Unset):
+        conversation.system_prompt = system_prompt
+        fields.append("system_prompt")
+    if not isinstance(current_node, _Unset):
+        node = message_get_in_conversation(conversation=conversation, message_id=current_node, param="current_node")
+        conversation.current_node = node
+        fields.append("current_node")
+    if fields:
+        conversation.save(update_fields=fields)
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    conversation.delete()
+
+
+def conversation_delete_all(*, owner) -> int:
+    """Delete every conversation of `owner` (and only theirs); returns how many."""
+    count = Conversation.objects.filter(owner=owner).count()
+    Conversation.objects.filter(owner=owner).delete()
+    return count
+
+
+def _context(conversation: Conversation, path: list[Message]) -> llm.ChatMessages:
+    """What the model sees: the system prompt, then the branch root→new message, oldest first."""
+    messages: llm.ChatMessages = []
+    if conversation.system_prompt:
+        messages.append({"role": "system", "content": conversation.system_prompt})
+    messages.extend({"role": message.role, "content": message.content} for message in path)
+    return messages
+
+
+def _generate(*, model: str, context: llm.ChatMessages, autocontinue: bool) -> llm.Completion:
+    completion = llm.complete(model=model, messages=context)
+    if not autocontinue:
+        return completion
+    parts = [completion.content]
+    usage = completion.usage
+    rounds = 1
+    while completion.finish_reason == "length" and rounds < settings.CHATAPI_AUTOCONTINUE_MAX_ROUNDS:
+        so_far = "".join(parts)
+        try:
+            # The partial reply goes back as the last assistant turn; the model carries on from it.
+            completion = llm.complete(model=model, messages=[*context, {"role": "assistant", "content": so_far}])
+        except BackendError:
+            break  # keep what was generated; it is stored as cut off by length
+        rounds += 1
+        parts.append(completion.content)
+        if usage is not None and completion.usage is not None:
+            usage = llm.Usage(
+                usage.prompt_tokens + completion.usage.prompt_tokens,
+                usage.completion_tokens + completion.usage.completion_tokens,
+                usage.total_tokens + completion.usage.total_tokens,
+            )
+    return replace(completion, content="".join(parts), usage=usage)
+
+
+def _reply(*, conversation: Conversation, request: Message, model: str, autocontinue: bool) -> Message:
+    """Generate and store the assistant's answer to `request`; on backend failure `request` stays stored."""
+    context = _context(conversation, message_path_get(leaf=request))
+    try:
+        completion = _generate(model=model, context=context, autocontinue=autocontinue)
+    except BackendError as exc:
+        exc.details = {**exc.details, "message_id": str(request.pk), "conversation_id": str(conversation.pk)}
+        raise
+    usage = completion.usage
+    now = timezone.now()
+    with transaction.atomic():
+        reply = Message.objects.create(
+            conversation=conversation,
+            parent=request,
+            role=Message.Role.ASSISTANT,
+            content=completion.content,
+            model=completion.model,
+            finish_details=completion.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            total_tokens=usage.total_tokens if usage else None,
+            created_at=now,
+        )
+        conversation.current_node = reply
+        conversation.updated_at = now
+        conversation.save(update_fields=["current_node", "updated_at"])
+    return reply
+
+
+def _validate_prompt(prompt: str) -> str:
+    if not prompt.strip():
+        raise InvalidRequest("prompt must not be empty.", code="empty_prompt", param="prompt")
+    return prompt
+
+
+def conversation_ask(
+    *,
+    conversation: Conversation,
+    prompt: str,
+    parent_id: str | uuid.UUID | None = None,
+    model: str | None = None,
+    autocontinue: bool = False,
+) -> Message:
+    """Store the user's prompt, ask the model, store and return its reply.
+
+    Without `parent_id` the prompt continues `current_node`; with it, the prompt becomes a child of
+    that message (a sibling branch when it is an earlier one: "edit and resend").
+    """
+    _validate_prompt(prompt)
+    chosen_model = llm.model_resolve(model or conversation.model)
+    if parent_id is not None:
+        parent_pk = message_get_in_conversation(conversation=conversation, message_id=parent_id, param="parent_id").pk
+    else:
+        parent_pk = conversation.current_node_id
+    now = timezone.now()
+    with transaction.atomic():
+        request = Message.objects.create(
+            conversation=conversation, parent_id=parent_pk, role=Message.Role.USER, content=prompt, created_at=now
+        )
+        fields = ["updated_at"]
+        conversation.updated_at = now
+        if not conversation.title:
+            conversation.title = title_from_prompt(prompt)
+            fields.append("title")
+        conversation.save(update_fields=fields)
+    return _reply(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue)
+
+
+def conversation_start(
+    *,
+    owner,
+    prompt: str,
+    title: str = "",
+    model: str | None = None,
+    system_prompt: str = "",
+    autocontinue: bool = False,
+) -> Message:
+    """`POST /conversations/new`: a new conversation with its first exchange."""
+    _validate_prompt(prompt)
+    stored_model = _stored_model(model)  # validates before anything is written
+    conversation = Conversation.objects.create(
+        owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt
+    )
+    return conversation_ask(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
+
+
+def message_regenerate(
+    *, conversation: Conversation, message: Message, model: str | None = None, autocontinue: bool = False
+) -> Message:
+    """A new reply: a sibling of an assistant message, or a new child of a user message."""
+    if message.role == Message.Role.ASSISTANT:
+        if message.parent_id is None:
+            raise InvalidRequest("This assistant message has no prompt to answer.", code="cannot_regenerate")
+        request = Message.objects.get(pk=message.parent_id)
+    elif message.role == Message.Role.USER:
+        request = message
+    else:
+        raise InvalidRequest("Only user and assistant messages can be regenerated.", code="cannot_regenerate")
+    chosen_model = llm.model_resolve(model or conversation.model)
+    return _reply(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue)
+
+
+def message_delete(*, conversation: Conversation, message: Message) -> int:
+    """Delete `message` and its whole subtree; `current_node` falls back to the parent if it was inside."""
+    with transaction.atomic():
+        ids = message_subtree_ids(root=message)
+        if conversation.current_node_id in set(ids):
+            conversation.current_node_id = message.parent_id
+            conversation.save(update_fields=["current_node"])
+        Message.objects.filter(pk__in=ids).delete()
+    return len(ids)
+
+
+def conversation_fork(
+    *, conversation: Conversation, message_id: str | uuid.UUID | None = None, title: str = ""
+) -> Conversation:
+    """A new conversation holding a copy of the path root→message (default: `current_node`)."""
+    if message_id is not None:
+        leaf = message_get_in_conversation(conversation=conversation, message_id=message_id, param="message_id")
+    elif conversation.current_node_id is not None:
+        leaf = Message.objects.get(pk=conversation.current_node_id)
+    else:
+        leaf = None
+    path = message_path_get(leaf=leaf)
+    base_title = conversation.title or "Conversation"
+    with transaction.atomic():
+        fork = Conversation.objects.create(
+            owner=conversation.owner,
+            title=title.strip() or f"{base_title} (fork)"[:255],
+            model=conversation.model,
+            system_prompt=conversation.system_prompt,
+        )
+        new_ids: dict[uuid.UUID, uuid.UUID] = {}
+        copies = []
+        for message in path:
+            new_ids[message.pk] = uuid.uuid4()
+            copies.append(
+                Message(
+                    id=new_ids[message.pk],
+                    conversation=fork,
+                    parent_id=new_ids.get(message.parent_id) if message.parent_id else None,
+                    role=message.role,
+                    content=message.content,
+                    model=message.model,
+                    finish_details=message.finish_details,
+                    prompt_tokens=message.prompt_tokens,
+                    completion_tokens=message.completion_tokens,
+                    total_tokens=message.total_tokens,
+                    created_at=message.created_at,
+                )
+            )
+        Message.objects.bulk_create(copies)
+        if copies:
+            fork.current_node_id = copies[-1].pk
+            fork.save(update_fields=["current_node"])
+    return fork

@@ -1,0 +1,237 @@
+"""The conversation API (`/conversations…`): thin views that validate, call one service, serialize."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from chatapi.errors import InvalidRequest
+from chatapi.schema import ERROR_RESPONSES
+from conversations import selectors, services
+from conversations.models import Conversation, Message
+from conversations.serializers import (
+    AskInput,
+    AskOutput,
+    ConversationCreateInput,
+    ConversationListQuery,
+    ConversationNewInput,
+    ConversationOutput,
+    ConversationUpdateInput,
+    ForkInput,
+    MessageListQuery,
+    MessageOutput,
+    RegenerateInput,
+    ReplyOutput,
+)
+
+CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+MESSAGE_ID = OpenApiParameter("message_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+
+
+def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _refuse_stream(data: dict[str, Any]) -> None:
+    if data.get("stream"):
+        raise InvalidRequest("Streaming replies are not available on this server yet.", code="stream_unsupported", param="stream")
+
+
+def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
+    messages = selectors.message_list_all(conversation=conversation)
+    children = selectors.message_children_map(messages=messages, complete=True)
+    return ConversationOutput(conversation, context={"messages": messages, "children": children}).data
+
+
+def _reply_response(reply: Message) -> Response:
+    return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
+
+
+class ConversationViewSet(viewsets.ViewSet):
+    """Conversations of the authenticated user; anybody else's are a 404."""
+
+    def _conversation(self, request: Request, conversation_id: str) -> Conversation:
+        return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+
+    @extend_schema(
+        operation_id="conversations_list",
+        parameters=[ConversationListQuery],
+        responses={200: ConversationOutput(many=True), **ERROR_RESPONSES},
+        description="The caller's conversations, newest first. `X-Total-Count` and `Link` headers paginate.",
+    )
+    def list(self, request: Request) -> Response:
+        query = _validated(ConversationListQuery, request.query_params)
+        conversations = selectors.conversation_list_for_user(user=request.user, q=query["q"], order=query["order"])
+        total = conversations.count()
+        limit, offset = query["limit"], query["offset"]
+        page = list(conversations[offset : offset + limit])
+        response = Response(ConversationOutput(page, many=True).data)
+        response["X-Total-Count"] = str(total)
+        links = []
+        base = request.build_absolute_uri(request.path)
+        params = {key: value for key, value in request.query_params.items() if key not in ("limit", "offset")}
+        if offset + limit < total:
+            links.append(f'<{base}?{urlencode({**params, "limit": limit, "offset": offset + limit})}>; rel="next"')
+        if offset > 0:
+            prev_offset = max(offset - limit, 0)
+            links.append(f'<{base}?{urlencode({**params, "limit": limit, "offset": prev_offset})}>; rel="prev"')
+        if links:
+            response["Link"] = ", ".join(links)
+        return response
+
+    @extend_schema(
+        operation_id="conversations_create",
+        request=ConversationCreateInput,
+        responses={201: ConversationOutput, **ERROR_RESPONSES},
+        description="An empty conversation (no prompt); ask in it with `/conversations/{id}/ask`.",
+    )
+    def create(self, request: Request) -> Response:
+        data = _validated(ConversationCreateInput, request.data)
+        conversation = services.conversation_create(owner=request.user, **data)
+        return Response(_conversation_detail(conversation), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="conversations_new",
+        request=ConversationNewInput,
+        responses={201: AskOutput, **ERROR_RESPONSES},
+        description=(
+            "Start a conversation with its first prompt. `response.parent_id` is the id to continue from; "
+            "`response.request_id` is the stored user message."
+        ),
+    )
+    def new(self, request: Request) -> Response:
+        data = _validated(ConversationNewInput, request.data)
+        _refuse_stream(data)
+        data.pop("stream")
+        reply = services.conversation_start(owner=request.user, **data)
+        return _reply_response(reply)
+
+    @extend_schema(
+        operation_id="conversations_retrieve",
+        parameters=[CONVERSATION_ID],
+        responses={200: ConversationOutput, **ERROR_RESPONSES},
+    )
+    def retrieve(self, request: Request, conversation_id: str) -> Response:
+        return Response(_conversation_detail(self._conversation(request, conversation_id)))
+
+    @extend_schema(
+        operation_id="conversations_update",
+        parameters=[CONVERSATION_ID],
+        request=ConversationUpdateInput,
+        responses={200: ConversationOutput, **ERROR_RESPONSES},
+        description="Rename, change the system prompt or model, or switch branch with `current_node`.",
+    )
+    def partial_update(self, request: Request, conversation_id: str) -> Response:
+        conversation = self._conversation(request, conversation_id)
+        data = _validated(ConversationUpdateInput, request.data)
+        services.conversation_update(conversation=conversation, **data)
+        return Response(_conversation_detail(conversation))
+
+    @extend_schema(
+        operation_id="conversations_destroy",
+        parameters=[CONVERSATION_ID],
+        responses={204: None, **ERROR_RESPONSES},
+    )
+    def destroy(self, request: Request, conversation_id: str) -> Response:
+        services.conversation_delete(conversation=self._conversation(request, conversation_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        operation_id="conversations_destroy_all",
+        responses={204: None, **ERROR_RESPONSES},
+        description="Delete all of the caller's conversations (and only theirs).",
+    )
+    def destroy_all(self, request: Request) -> Response:
+        services.conversation_delete_all(owner=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        operation_id="conversations_ask",
+        parameters=[CONVERSATION_ID],
+        request=AskInput,
+        responses={201: AskOutput, **ERROR_RESPONSES},
+        description=(
+            "Ask in a conversation. Without `parent_id` the prompt continues `current_node`; with an earlier "
+            "message's id it starts a new branch. On a backend error the prompt stays stored and its id is in "
+            "`error.details.message_id`."
+        ),
+    )
+    def ask(self, request: Request, conversation_id: str) -> Response:
+        conversation = self._conversation(request, conversation_id)
+        data = _validated(AskInput, request.data)
+        _refuse_stream(data)
+        data.pop("stream")
+        reply = services.conversation_ask(conversation=conversation, **data)
+        return _reply_response(reply)
+
+    @extend_schema(
+        operation_id="conversations_messages",
+        parameters=[CONVERSATION_ID, MessageListQuery],
+        responses={200: MessageOutput(many=True), **ERROR_RESPONSES},
+        description="The branch root→current_node (or root→`leaf`), or with `all=true` every message oldest first.",
+    )
+    def messages(self, request: Request, conversation_id: str) -> Response:
+        conversation = self._conversation(request, conversation_id)
+        query = _validated(MessageListQuery, request.query_params)
+        if query["all"]:
+            messages = selectors.message_list_all(conversation=conversation)
+            children = selectors.message_children_map(messages=messages, complete=True)
+        else:
+            if "leaf" in query:
+                leaf = selectors.message_get_in_conversation(
+                    conversation=conversation, message_id=query["leaf"], param="leaf"
+                )
+            else:
+                leaf = Message.objects.filter(pk=conversation.current_node_id).first()
+            messages = selectors.message_path_get(leaf=leaf)
+            children = selectors.message_children_map(messages=messages)
+        return Response(MessageOutput(messages, many=True, context={"children": children}).data)
+
+    @extend_schema(
+        operation_id="conversations_regenerate",
+        parameters=[CONVERSATION_ID, MESSAGE_ID],
+        request=RegenerateInput,
+        responses={201: AskOutput, **ERROR_RESPONSES},
+        description="A new reply: a sibling of an assistant message, or a new child of a user message.",
+    )
+    def regenerate(self, request: Request, conversation_id: str, message_id: str) -> Response:
+        conversation = self._conversation(request, conversation_id)
+        message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
+        data = _validated(RegenerateInput, request.data)
+        _refuse_stream(data)
+        data.pop("stream")
+        reply = services.message_regenerate(conversation=conversation, message=message, **data)
+        return _reply_response(reply)
+
+    @extend_schema(
+        operation_id="conversations_message_destroy",
+        parameters=[CONVERSATION_ID, MESSAGE_ID],
+        responses={204: None, **ERROR_RESPONSES},
+        description="Delete a message and its whole subtree.",
+    )
+    def destroy_message(self, request: Request, conversation_id: str, message_id: str) -> Response:
+        conversation = self._conversation(request, conversation_id)
+        message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
+        services.message_delete(conversation=conversation, message=message)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        operation_id="conversations_fork",
+        parameters=[CONVERSATION_ID],
+        request=ForkInput,
+        responses={201: ConversationOutput, **ERROR_RESPONSES},
+        description="A new conversation holding a copy of the path root→`message_id` (default: current_node).",
+    )
+    def fork(self, request: Request, conversation_id: str) -> Response:
+        conversation = self._conversation(request, conversation_id)
+        data = _validated(ForkInput, request.data)
+        fork = services.conversation_fork(conversation=conversation, **data)
+        return Response(_conversation_detail(fork), status=status.HTTP_201_CREATED)
