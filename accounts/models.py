@@ -25,7 +25,10 @@ class APIKey(models.Model):
     digest = models.CharField(max_length=64, editable=False, help_text="SHA-256 of the full key; never the key.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(
-        null=True, blank=True, editable=False, help_text="Updated at most once a minute (CHATAPI_KEY_LAST_USED_INTERVAL)."
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Updated at most once a minute (CHATAPI_KEY_LAST_USED_INTERVAL).",
     )
     expires_at = models.DateTimeField(null=True, blank=True, help_text="The key stops working after this time.")
     revoked_at = models.DateTimeField(

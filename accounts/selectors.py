@@ -26,9 +26,9 @@ def api_key_active_q(prefix: str = "") -> Q:
 
 
 def user_list_with_key_counts() -> QuerySet[User]:
-    return User.objects.annotate(
-        active_key_count=Count("api_keys", filter=api_key_active_q("api_keys__"))
-    ).order_by("id")
+    return User.objects.annotate(active_key_count=Count("api_keys", filter=api_key_active_q("api_keys__"))).order_by(
+        "id"
+    )
 
 
 def user_get_by_id_or_username(*, ident: str) -> User | None:

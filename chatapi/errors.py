@@ -175,9 +175,7 @@ def not_found_view(request: HttpRequest, exception: Exception | None = None) -> 
 
 def server_error_view(request: HttpRequest) -> JsonResponse:
     """handler500: a bug, but still no traceback for the client."""
-    return JsonResponse(
-        error_body("Internal server error.", type="server_error", code="internal_error"), status=500
-    )
+    return JsonResponse(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
 
 
 def bad_request_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

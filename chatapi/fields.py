@@ -38,6 +38,6 @@ class StrictIntegerField(serializers.IntegerField):
     """An integer as a JSON number or a form string of digits; booleans and floats are refused."""
 
     def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or isinstance(data, float):
+        if isinstance(data, (bool, float)):
             self.fail("invalid")
         return super().to_internal_value(data)

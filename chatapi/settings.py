@@ -137,8 +137,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "chatapi",
     "DESCRIPTION": (
-        "Persistent, threaded conversations with a language model. "
-        "Authenticate with `Authorization: Bearer <api key>`."
+        "Persistent, threaded conversations with a language model. Authenticate with `Authorization: Bearer <api key>`."
     ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -170,6 +169,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("CHATAPI_LOG_LEVEL", "INFO").upper()},
+    # One line per backend request is noise at INFO; failures are logged by chatapi itself.
+    "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpx2", "openai")},
 }
 
 if not DEBUG:

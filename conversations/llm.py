@@ -73,9 +73,7 @@ def model_resolve(name: str | None, *, param: str = "model") -> str:
 
 @lru_cache(maxsize=4)
 def _client(base_url: str, api_key: str, timeout: float, max_retries: int) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries
-    )
+    return openai.OpenAI(base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries)
 
 
 def client() -> openai.OpenAI:

@@ -61,7 +61,9 @@ class Message(models.Model):
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     model = models.CharField(max_length=200, blank=True, help_text="The model that wrote an assistant message.")
-    finish_details = models.CharField(max_length=16, choices=Finish.choices, null=True, blank=True)
+    finish_details = models.CharField(  # noqa: DJ001 (null for user and system messages, as in the contract)
+        max_length=16, choices=Finish.choices, null=True, blank=True
+    )
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     total_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -118,9 +118,7 @@ def message_children_map(*, messages: Iterable[Message], complete: bool = False)
         return children
     ids = [message.pk for message in messages]
     if ids:
-        rows = (
-            Message.objects.filter(parent_id__in=ids).order_by("created_at", "id").values_list("parent_id", "pk")
-        )
+        rows = Message.objects.filter(parent_id__in=ids).order_by("created_at", "id").values_list("parent_id", "pk")
         for parent_id, child_id in rows:
             children[parent_id].append(child_id)
     return children
@@ -128,4 +126,3 @@ def message_children_map(*, messages: Iterable[Message], complete: bool = False)
 
 def conversation_message_count(*, conversation: Conversation) -> int:
     return Message.objects.filter(conversation=conversation).count()
-

@@ -42,7 +42,9 @@ def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dic
 
 def _refuse_stream(data: dict[str, Any]) -> None:
     if data.get("stream"):
-        raise InvalidRequest("Streaming replies are not available on this server yet.", code="stream_unsupported", param="stream")
+        raise InvalidRequest(
+            "Streaming replies are not available on this server yet.", code="stream_unsupported", param="stream"
+        )
 
 
 def _conversation_detail(conversation: Conversation) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""Shared fixtures: users, keys, authenticated clients, and the fake model backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import User
+from accounts.services import api_key_create, user_create
+from conversations import llm
+from tests.fake_openai import FakeOpenAI
+
+FAKE_API_KEY = "sk-test-not-a-real-key"
+
+
+@pytest.fixture(autouse=True)
+def offline_backend(settings) -> None:
+    """By default no backend is configured, whatever the developer's environment says: the echo model."""
+    settings.OPENAI_API_KEY = ""
+    settings.OPENAI_BASE_URL = ""
+    settings.CHATAPI_MODELS = ["echo"]
+    settings.CHATAPI_DEFAULT_MODEL = "echo"
+    settings.CHATAPI_BACKEND_MAX_RETRIES = 0
+    settings.CHATAPI_BACKEND_TIMEOUT = 5.0
+    llm._client.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def fake_openai_server() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend(fake_openai_server: FakeOpenAI, settings) -> FakeOpenAI:
+    """The service pointed at the fake OpenAI-compatible server, through the real `openai` SDK."""
+    fake_openai_server.reset()
+    settings.OPENAI_API_KEY = FAKE_API_KEY
+    settings.OPENAI_BASE_URL = fake_openai_server.url
+    settings.CHATAPI_MODELS = list(FakeOpenAI.models)
+    settings.CHATAPI_DEFAULT_MODEL = FakeOpenAI.models[0]
+    return fake_openai_server
+
+
+@pytest.fixture
+def user(db) -> User:
+    return user_create(username="alice", email="alice@example.com", first_name="Alice", last_name="Liddell")
+
+
+@pytest.fixture
+def other_user(db) -> User:
+    return user_create(username="bob", email="bob@example.com")
+
+
+@pytest.fixture
+def api_key(user: User) -> str:
+    return api_key_create(user=user, name="test")[1]
+
+
+@pytest.fixture
+def client_for(db) -> Callable[[User], APIClient]:
+    """An API client authenticated as `user` with a fresh key."""
+
+    def make(user: User) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(user=user)[1]}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(client_for, user: User) -> APIClient:
+    return client_for(user)
+
+
+@pytest.fixture
+def other_api(client_for, other_user: User) -> APIClient:
+    return client_for(other_user)
