@@ -142,7 +142,6 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["chatapi.urls.schema_without_slash_duplicates"],
-    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- chatapi's own knobs -------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""SQL query counts stay constant whatever the thread depth or the number of conversations."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from conversations.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+def thread(owner, depth: int) -> Conversation:
+    """A conversation whose current branch is `depth` messages deep, made directly in the database."""
+    conversation = Conversation.objects.create(owner=owner, title=f"depth {depth}")
+    start = timezone.now() - dt.timedelta(hours=1)
+    messages, parent = [], None
+    for i in range(depth):
+        role = Message.Role.USER if i % 2 == 0 else Message.Role.ASSISTANT
+        message = Message(
+            conversation=conversation,
+            parent=parent,
+            role=role,
+            content=f"message {i}",
+            created_at=start + dt.timedelta(seconds=i),
+        )
+        messages.append(message)
+        parent = message
+    Message.objects.bulk_create(messages)
+    conversation.current_node = parent
+    conversation.save()
+    return conversation
+
+
+def count_queries(call) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = call()
+    assert response.status_code in (200, 201, 204), response.content
+    return len(queries)
+
+
+def test_ask_costs_the_same_queries_at_depth_2_and_200(api, user, backend):
+    shallow, deep = thread(user, 2), thread(user, 200)
+    api.get("/conversations")  # the key's first use writes last_used_at once; keep it out of the counts
+
+    shallow_count = count_queries(lambda: api.post(f"/conversations/{shallow.pk}/ask", {"prompt": "hi"}))
+    deep_count = count_queries(lambda: api.post(f"/conversations/{deep.pk}/ask", {"prompt": "hi"}))
+
+    assert shallow_count == deep_count
+    assert len(backend.requests[-1]["messages"]) == 201  # the whole branch was still sent
+
+
+def test_ask_with_parent_id_costs_the_same_queries_at_any_depth(api, user, backend):
+    shallow, deep = thread(user, 2), thread(user, 200)
+    api.get("/conversations")
+    shallow_parent = shallow.messages.order_by("created_at").first()
+    deep_parent = deep.messages.order_by("created_at")[150]
+
+    shallow_count = count_queries(
+        lambda: api.post(f"/conversations/{shallow.pk}/ask", {"prompt": "hi", "parent_id": str(shallow_parent.pk)})
+    )
+    deep_count = count_queries(
+        lambda: api.post(f"/conversations/{deep.pk}/ask", {"prompt": "hi", "parent_id": str(deep_parent.pk)})
+    )
+    assert shallow_count == deep_count
+    assert len(backend.requests[-1]["messages"]) == 152
+
+
+def test_reading_a_branch_costs_the_same_queries_at_any_depth(api, user):
+    shallow, deep = thread(user, 2), thread(user, 200)
+    api.get("/conversations")
+    assert count_queries(lambda: api.get(f"/conversations/{shallow.pk}/messages")) == count_queries(
+        lambda: api.get(f"/conversations/{deep.pk}/messages")
+    )
+    assert len(api.get(f"/conversations/{deep.pk}/messages").json()) == 200
+    assert count_queries(lambda: api.get(f"/conversations/{shallow.pk}")) == count_queries(
+        lambda: api.get(f"/conversations/{deep.pk}")
+    )
+
+
+def test_regenerate_and_delete_cost_the_same_queries_at_any_depth(api, user, backend):
+    shallow, deep = thread(user, 2), thread(user, 200)
+    api.get("/conversations")
+    counts = []
+    for conversation in (shallow, deep):
+        leaf = conversation.current_node
+        counts.append(
+            count_queries(lambda c=conversation, m=leaf: api.post(f"/conversations/{c.pk}/messages/{m.pk}/regenerate"))
+        )
+    assert counts[0] == counts[1]
+    roots = [c.messages.get(parent=None) for c in (shallow, deep)]
+    delete_counts = [
+        count_queries(lambda c=c, r=r: api.delete(f"/conversations/{c.pk}/messages/{r.pk}"))
+        for c, r in zip((shallow, deep), roots, strict=True)
+    ]
+    assert delete_counts[0] == delete_counts[1]
+    assert not deep.messages.exists()
+
+
+def test_listing_conversations_costs_a_constant_number_of_queries(api, user):
+    thread(user, 4)
+    api.get("/conversations")
+    few = count_queries(lambda: api.get("/conversations", {"limit": 50}))
+    for _ in range(49):
+        thread(user, 4)
+    many = count_queries(lambda: api.get("/conversations", {"limit": 50}))
+    assert few == many
+    assert len(api.get("/conversations", {"limit": 50}).json()) == 50
