@@ -72,6 +72,11 @@ class Message(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [models.Index(fields=["conversation", "created_at"], name="msg_conv_created_idx")]
+        constraints = [
+            # Target of the composite foreign keys (migration 0002) that keep every parent and every
+            # current node inside its own conversation.
+            models.UniqueConstraint(fields=["id", "conversation"], name="message_id_conversation_uniq"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"

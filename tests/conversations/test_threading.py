@@ -117,7 +117,13 @@ def test_switching_branch_with_patch_current_node(api, backend):
     assert texts(branch(api, cid))[-2:] == ["old branch", old["message"]]
 
     ask(api, cid, "continue old")
-    assert [m["content"] for m in backend.last_messages] == ["root", first["message"], "old branch", old["message"], "continue old"]
+    assert [m["content"] for m in backend.last_messages] == [
+        "root",
+        first["message"],
+        "old branch",
+        old["message"],
+        "continue old",
+    ]
     assert texts(branch(api, cid, leaf=new_branch["id"]))[-2:] == ["new branch", new_branch["message"]]
 
 
