@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db import transaction
@@ -123,33 +123,72 @@ def _generate(*, model: str, context: llm.ChatMessages, autocontinue: bool) -> l
     return replace(completion, content="".join(parts), usage=usage)
 
 
-def _reply(*, conversation: Conversation, request: Message, model: str, autocontinue: bool) -> Message:
-    """Generate and store the assistant's answer to `request`; on backend failure `request` stays stored."""
-    context = _context(conversation, message_path_get(leaf=request))
-    try:
-        completion = _generate(model=model, context=context, autocontinue=autocontinue)
-    except BackendError as exc:
-        exc.details = {**exc.details, "message_id": str(request.pk), "conversation_id": str(conversation.pk)}
-        raise
-    usage = completion.usage
+@dataclass
+class ReplyJob:
+    """Everything needed to generate and store one assistant reply; made before the backend is called."""
+
+    conversation: Conversation
+    request: Message  # the user message being answered, already stored
+    model: str
+    context: llm.ChatMessages
+    autocontinue: bool
+    request_is_new: bool  # False for regenerate
+    reply_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def backend_failed(self, exc: BackendError) -> BackendError:
+        """`exc` with the ids a client needs to retry (the stored prompt can be regenerated)."""
+        exc.details = {**exc.details, "message_id": str(self.request.pk), "conversation_id": str(self.conversation.pk)}
+        return exc
+
+
+def reply_store(
+    *,
+    job: ReplyJob,
+    content: str,
+    model: str,
+    finish_details: str,
+    usage: llm.Usage | None,
+) -> Message:
+    """Store the assistant's reply; `current_node` moves to it unless the backend failed before any text."""
     now = timezone.now()
+    conversation = job.conversation
     with transaction.atomic():
         reply = Message.objects.create(
+            id=job.reply_id,
             conversation=conversation,
-            parent=request,
+            parent=job.request,
             role=Message.Role.ASSISTANT,
-            content=completion.content,
-            model=completion.model,
-            finish_details=completion.finish_reason,
+            content=content,
+            model=model,
+            finish_details=finish_details,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             total_tokens=usage.total_tokens if usage else None,
             created_at=now,
         )
-        conversation.current_node = reply
+        fields = ["updated_at"]
         conversation.updated_at = now
-        conversation.save(update_fields=["current_node", "updated_at"])
+        if finish_details != Message.Finish.ERROR:
+            conversation.current_node = reply
+            fields.append("current_node")
+        conversation.save(update_fields=fields)
     return reply
+
+
+def reply_generate(*, job: ReplyJob) -> Message:
+    """Generate (non-streaming) and store the reply; on backend failure the prompt stays stored."""
+    try:
+        completion = _generate(model=job.model, context=job.context, autocontinue=job.autocontinue)
+    except BackendError as exc:
+        job.backend_failed(exc)
+        raise
+    return reply_store(
+        job=job,
+        content=completion.content,
+        model=completion.model,
+        finish_details=completion.finish_reason,
+        usage=completion.usage,
+    )
 
 
 def _validate_prompt(prompt: str) -> str:
@@ -158,15 +197,26 @@ def _validate_prompt(prompt: str) -> str:
     return prompt
 
 
-def conversation_ask(
+def _job(*, conversation: Conversation, request: Message, model: str, autocontinue: bool, new: bool) -> ReplyJob:
+    return ReplyJob(
+        conversation=conversation,
+        request=request,
+        model=model,
+        context=_context(conversation, message_path_get(leaf=request)),
+        autocontinue=autocontinue,
+        request_is_new=new,
+    )
+
+
+def conversation_ask_prepare(
     *,
     conversation: Conversation,
     prompt: str,
     parent_id: str | uuid.UUID | None = None,
     model: str | None = None,
     autocontinue: bool = False,
-) -> Message:
-    """Store the user's prompt, ask the model, store and return its reply.
+) -> ReplyJob:
+    """Validate and store the user's prompt; the reply is generated from the returned job.
 
     Without `parent_id` the prompt continues `current_node`; with it, the prompt becomes a child of
     that message (a sibling branch when it is an earlier one: "edit and resend").
@@ -188,10 +238,15 @@ def conversation_ask(
             conversation.title = title_from_prompt(prompt)
             fields.append("title")
         conversation.save(update_fields=fields)
-    return _reply(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue)
+    return _job(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue, new=True)
 
 
-def conversation_start(
+def conversation_ask(**kwargs) -> Message:
+    """Store the user's prompt, ask the model, store and return its reply (see conversation_ask_prepare)."""
+    return reply_generate(job=conversation_ask_prepare(**kwargs))
+
+
+def conversation_start_prepare(
     *,
     owner,
     prompt: str,
@@ -199,19 +254,24 @@ def conversation_start(
     model: str | None = None,
     system_prompt: str = "",
     autocontinue: bool = False,
-) -> Message:
-    """`POST /conversations/new`: a new conversation with its first exchange."""
+) -> ReplyJob:
+    """`POST /conversations/new`: a new conversation with its first prompt stored."""
     _validate_prompt(prompt)
     stored_model = _stored_model(model)  # validates before anything is written
     conversation = Conversation.objects.create(
         owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt
     )
-    return conversation_ask(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
+    return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
 
 
-def message_regenerate(
+def conversation_start(**kwargs) -> Message:
+    """A new conversation with its first exchange (see conversation_start_prepare)."""
+    return reply_generate(job=conversation_start_prepare(**kwargs))
+
+
+def message_regenerate_prepare(
     *, conversation: Conversation, message: Message, model: str | None = None, autocontinue: bool = False
-) -> Message:
+) -> ReplyJob:
     """A new reply: a sibling of an assistant message, or a new child of a user message."""
     if message.role == Message.Role.ASSISTANT:
         if message.parent_id is None:
@@ -222,7 +282,11 @@ def message_regenerate(
     else:
         raise InvalidRequest("Only user and assistant messages can be regenerated.", code="cannot_regenerate")
     chosen_model = llm.model_resolve(model or conversation.model)
-    return _reply(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue)
+    return _job(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue, new=False)
+
+
+def message_regenerate(**kwargs) -> Message:
+    return reply_generate(job=message_regenerate_prepare(**kwargs))
 
 
 def message_delete(*, conversation: Conversation, message: Message) -> int:
