@@ -8,11 +8,15 @@ machine with no key. SDK and transport errors leave this module as chatapi's own
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import httpx2
 import openai
 from django.conf import settings
 
@@ -46,6 +50,16 @@ class Completion:
     usage: Usage | None
 
 
+@dataclass(frozen=True)
+class StreamChunk:
+    """A piece of a streamed reply: text (`delta`), or the end (`finish_reason`, with usage if known)."""
+
+    delta: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str = ""
+
+
 ChatMessages = list[dict[str, str]]
 
 
@@ -76,19 +90,40 @@ def _client(base_url: str, api_key: str, timeout: float, max_retries: int) -> op
     return openai.OpenAI(base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries)
 
 
-def client() -> openai.OpenAI:
-    """The SDK client for the configured backend, built once per configuration."""
+def _config() -> tuple[str, str, float, int]:
     if not (settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL):
         raise BackendUnavailable(
             "No model backend is configured: set OPENAI_API_KEY and/or OPENAI_BASE_URL.",
             code="backend_not_configured",
         )
-    return _client(
+    return (
         settings.OPENAI_BASE_URL,
         settings.OPENAI_API_KEY or PLACEHOLDER_API_KEY,
         float(settings.CHATAPI_BACKEND_TIMEOUT),
         int(settings.CHATAPI_BACKEND_MAX_RETRIES),
     )
+
+
+def client() -> openai.OpenAI:
+    """The SDK client for the configured backend, built once per configuration."""
+    return _client(*_config())
+
+
+# An async client's connection pool belongs to one event loop: one client per loop and configuration.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, openai.AsyncOpenAI]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def async_client() -> openai.AsyncOpenAI:
+    config = _config()
+    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    if config not in per_loop:
+        base_url, api_key, timeout, max_retries = config
+        per_loop[config] = openai.AsyncOpenAI(
+            base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries
+        )
+    return per_loop[config]
 
 
 def _count_tokens(text: str) -> int:
@@ -110,10 +145,14 @@ def _echo(messages: ChatMessages) -> Completion:
     )
 
 
+def _timeout_error() -> BackendTimeout:
+    return BackendTimeout(f"The model backend did not answer within {settings.CHATAPI_BACKEND_TIMEOUT:g} s.")
+
+
 def translate_error(exc: openai.OpenAIError, *, model: str) -> BackendError:
     """An SDK/transport error as the project's exception (502 answered with an error, 503 unreachable, 504 timeout)."""
     if isinstance(exc, openai.APITimeoutError):
-        return BackendTimeout(f"The model backend did not answer within {settings.CHATAPI_BACKEND_TIMEOUT:g} s.")
+        return _timeout_error()
     if isinstance(exc, openai.APIConnectionError):
         return BackendUnavailable("The model backend could not be reached.")
     if isinstance(exc, openai.APIStatusError):
@@ -163,3 +202,50 @@ def complete(*, model: str, messages: ChatMessages, max_tokens: int | None = Non
     return Completion(
         content=choice.message.content or "", model=response.model or model, finish_reason=finish, usage=usage
     )
+
+
+async def stream(*, model: str, messages: ChatMessages) -> AsyncIterator[StreamChunk]:
+    """The reply to `messages` piece by piece as the backend produces it; the last chunk says how it ended.
+
+    Closing the iterator early (client gone) closes the backend request, so generation stops there too.
+    """
+    if model == ECHO_MODEL:
+        completion = _echo(messages)
+        words = completion.content.split(" ")
+        for i, word in enumerate(words):
+            yield StreamChunk(delta=word if i == len(words) - 1 else word + " ")
+            await asyncio.sleep(0)
+        yield StreamChunk(finish_reason="stop", usage=completion.usage, model=ECHO_MODEL)
+        return
+    try:
+        response = await async_client().chat.completions.create(
+            model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    except openai.OpenAIError as exc:
+        raise translate_error(exc, model=model) from exc
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model_name = model
+    try:
+        async for chunk in response:
+            if chunk.model:
+                model_name = chunk.model
+            if chunk.usage is not None:
+                usage = Usage(
+                    chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, chunk.usage.total_tokens or 0
+                )
+            if chunk.choices:
+                choice = chunk.choices[0]
+                if choice.delta is not None and choice.delta.content:
+                    yield StreamChunk(delta=choice.delta.content)
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+    except openai.OpenAIError as exc:
+        raise translate_error(exc, model=model) from exc
+    except httpx2.TimeoutException as exc:
+        raise _timeout_error() from exc
+    except httpx2.HTTPError as exc:
+        raise BackendError("The model backend's stream broke off.", code="backend_stream_broken") from exc
+    finally:
+        await response.close()
+    yield StreamChunk(finish_reason="length" if finish_reason == "length" else "stop", usage=usage, model=model_name)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from chatapi.errors import InvalidRequest
 from chatapi.schema import ERROR_RESPONSES
-from conversations import selectors, services
+from conversations import selectors, services, streaming
 from conversations.models import Conversation, Message
 from conversations.serializers import (
     AskInput,
@@ -40,11 +43,36 @@ def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dic
     return dict(serializer.validated_data)
 
 
-def _refuse_stream(data: dict[str, Any]) -> None:
-    if data.get("stream"):
-        raise InvalidRequest(
-            "Streaming replies are not available on this server yet.", code="stream_unsupported", param="stream"
-        )
+class EventStreamNegotiation(DefaultContentNegotiation):
+    """`Accept: text/event-stream` asks for a stream; anything not streamed (errors included) is JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type
+
+
+def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
+    return bool(data.pop("stream", False)) or "text/event-stream" in request.headers.get("Accept", "")
+
+
+def _reply(
+    request: Request, data: dict[str, Any], prepare: Callable[..., services.ReplyJob], **kwargs: Any
+) -> HttpResponseBase:
+    """Store the prompt, then answer with the reply as JSON (201) or as a stream of server-sent events."""
+    stream = _wants_stream(request, data)
+    job = prepare(**kwargs, **data)
+    if not stream:
+        reply = services.reply_generate(job=job)
+        return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
+    request_data = MessageOutput(job.request).data if job.request_is_new else None
+    response = StreamingHttpResponse(
+        streaming.reply_events(job, request_data=request_data), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # tell nginx not to buffer the stream
+    return response
 
 
 def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
@@ -53,12 +81,10 @@ def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
     return ConversationOutput(conversation, context={"messages": messages, "children": children}).data
 
 
-def _reply_response(reply: Message) -> Response:
-    return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
-
-
 class ConversationViewSet(viewsets.ViewSet):
     """Conversations of the authenticated user; anybody else's are a 404."""
+
+    content_negotiation_class = EventStreamNegotiation
 
     def _conversation(self, request: Request, conversation_id: str) -> Conversation:
         return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
@@ -111,10 +137,7 @@ class ConversationViewSet(viewsets.ViewSet):
     )
     def new(self, request: Request) -> Response:
         data = _validated(ConversationNewInput, request.data)
-        _refuse_stream(data)
-        data.pop("stream")
-        reply = services.conversation_start(owner=request.user, **data)
-        return _reply_response(reply)
+        return _reply(request, data, services.conversation_start_prepare, owner=request.user)
 
     @extend_schema(
         operation_id="conversations_retrieve",
@@ -169,10 +192,7 @@ class ConversationViewSet(viewsets.ViewSet):
     def ask(self, request: Request, conversation_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         data = _validated(AskInput, request.data)
-        _refuse_stream(data)
-        data.pop("stream")
-        reply = services.conversation_ask(conversation=conversation, **data)
-        return _reply_response(reply)
+        return _reply(request, data, services.conversation_ask_prepare, conversation=conversation)
 
     @extend_schema(
         operation_id="conversations_messages",
@@ -208,10 +228,7 @@ class ConversationViewSet(viewsets.ViewSet):
         conversation = self._conversation(request, conversation_id)
         message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
         data = _validated(RegenerateInput, request.data)
-        _refuse_stream(data)
-        data.pop("stream")
-        reply = services.message_regenerate(conversation=conversation, message=message, **data)
-        return _reply_response(reply)
+        return _reply(request, data, services.message_regenerate_prepare, conversation=conversation, message=message)
 
     @extend_schema(
         operation_id="conversations_message_destroy",

@@ -15,6 +15,16 @@ from tests.fake_openai import FakeOpenAI
 FAKE_API_KEY = "sk-test-not-a-real-key"
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory) -> None:
+    """On SQLite, a test database in a file (not memory), so uvicorn in a thread can share it."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
 @pytest.fixture(autouse=True)
 def offline_backend(settings) -> None:
     """By default no backend is configured, whatever the developer's environment says: the echo model."""
@@ -80,3 +90,19 @@ def api(client_for, user: User) -> APIClient:
 @pytest.fixture
 def other_api(client_for, other_user: User) -> APIClient:
     return client_for(other_user)
+
+
+@pytest.fixture(scope="session")
+def _live_asgi_server(django_db_setup, django_db_blocker) -> Iterator[str]:
+    from tests.live import LiveASGIServer
+
+    with django_db_blocker.unblock():
+        server = LiveASGIServer().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def live_url(_live_asgi_server: str, transactional_db) -> str:
+    """Base URL of the service served by uvicorn (ASGI) in this process; data must be committed to be seen."""
+    return _live_asgi_server

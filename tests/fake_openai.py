@@ -8,6 +8,7 @@ make it fail with an HTTP status, or make it hang past the service's timeout.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -38,6 +39,8 @@ class _State:
     failure: Failure | None = None
     delay: float = 0.0
     chunk_delay: float = 0.0
+    break_after: int | None = None  # streamed chunks before the connection is cut
+    streams_cut_by_client: int = 0
 
 
 def _count_tokens(text: str) -> int:
@@ -91,6 +94,21 @@ class FakeOpenAI:
         """Wait this long before answering (to go past the service's timeout)."""
         with self.lock:
             self.state.delay = seconds
+
+    def stream_slowly(self, seconds_between_chunks: float) -> None:
+        with self.lock:
+            self.state.chunk_delay = seconds_between_chunks
+
+    def cut_streams_after(self, chunks: int) -> None:
+        """Drop the connection after this many content chunks, as a crashing backend would."""
+        with self.lock:
+            self.state.break_after = chunks
+
+    @property
+    def streams_cut_by_client(self) -> int:
+        """How many streams the client (the service) closed before the end."""
+        with self.lock:
+            return self.state.streams_cut_by_client
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -207,6 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")  # so that a cut stream is an error, not an end
         self.send_header("Connection", "close")
         self.end_headers()
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": body["model"]}
@@ -217,14 +236,23 @@ class _Handler(BaseHTTPRequestHandler):
         events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
         if (body.get("stream_options") or {}).get("include_usage") and reply.usage:
             events.append({**base, "choices": [], "usage": usage})
+        state = self.fake.state
         try:
-            for event in events:
-                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.flush()
-                if self.fake.state.chunk_delay:
-                    time.sleep(self.fake.state.chunk_delay)
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
+            for n, event in enumerate(events):
+                if state.break_after is not None and n > state.break_after:
+                    self.connection.shutdown(socket.SHUT_RDWR)  # no [DONE], no clean end
+                    break
+                self._write_chunk(f"data: {json.dumps(event)}\n\n".encode())
+                if state.chunk_delay:
+                    time.sleep(state.chunk_delay)
+            else:
+                self._write_chunk(b"data: [DONE]\n\n")
+                self._write_chunk(b"")
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            with self.fake.lock:
+                state.streams_cut_by_client += 1
         self.close_connection = True
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()

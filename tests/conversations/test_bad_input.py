@@ -169,9 +169,3 @@ def test_bad_messages_query_is_400(api, conversation_id):
 def test_wrong_method_is_405(api, conversation_id):
     assert_error(api.get("/conversations/new"), 405)
     assert_error(api.put(f"/conversations/{conversation_id}", {"title": "x"}, format="json"), 405)
-
-
-def test_stream_is_refused_clearly_until_streaming_exists(api, backend):
-    response = api.post("/conversations/new", {"prompt": "hi", "stream": True}, format="json")
-    assert_error(response, 400, param="stream")
-    assert Conversation.objects.count() == 0
