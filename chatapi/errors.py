@@ -180,3 +180,10 @@ def server_error_view(request: HttpRequest) -> JsonResponse:
 
 def bad_request_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(error_body("Bad request.", type="invalid_request_error", code="bad_request"), status=400)
+
+
+def compat_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """For the older proxies' endpoints, whose clients read `error` as a string: same statuses, flat body."""
+    response = exception_handler(exc, context)
+    response.data = {"error": response.data["error"]["message"]}
+    return response

@@ -14,6 +14,7 @@ from drf_spectacular.views import (
 
 from accounts.views import APIKeyViewSet
 from chatapi.health import healthz, readyz
+from conversations.compat import CompleteView
 from conversations.views import ConversationViewSet
 
 handler400 = "chatapi.errors.bad_request_view"
@@ -53,6 +54,7 @@ urlpatterns = [
     api_route(rf"conversations/{CONV}/fork", conversations({"post": "fork"}), "conversation-fork"),
     api_route("api/keys", keys({"get": "list", "post": "create"}), "api-key-list"),
     api_route(rf"api/keys/{ID.format('key_id')}", keys({"delete": "destroy"}), "api-key-detail"),
+    api_route("api/complete", CompleteView.as_view(), "compat-complete"),
     api_route("healthz", healthz, "healthz"),
     api_route("readyz", readyz, "readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -10,6 +10,10 @@ from django.utils import timezone
 
 
 class Conversation(models.Model):
+    class Origin(models.TextChoices):
+        CONVERSATIONS = "conversations", "Conversation API"
+        COMPLETE = "complete", "/api/complete"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=255, blank=True, help_text="Set from the first prompt unless given.")
@@ -24,6 +28,12 @@ class Conversation(models.Model):
         on_delete=models.DO_NOTHING,
         related_name="+",
         help_text="The leaf of the branch the conversation shows.",
+    )
+    origin = models.CharField(
+        max_length=16,
+        choices=Origin.choices,
+        default=Origin.CONVERSATIONS,
+        help_text="Which API started it; /api/complete continues its own latest conversation.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, help_text="Last time a message was added.")

@@ -126,3 +126,7 @@ def message_children_map(*, messages: Iterable[Message], complete: bool = False)
 
 def conversation_message_count(*, conversation: Conversation) -> int:
     return Message.objects.filter(conversation=conversation).count()
+
+
+def conversation_latest_for_origin(*, user, origin: str) -> Conversation | None:
+    return Conversation.objects.filter(owner=user, origin=origin).order_by("-updated_at").first()

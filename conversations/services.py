@@ -13,6 +13,7 @@ from chatapi.errors import BackendError, InvalidRequest
 from conversations import llm
 from conversations.models import Conversation, Message
 from conversations.selectors import (
+    conversation_latest_for_origin,
     message_get_in_conversation,
     message_path_get,
     message_subtree_ids,
@@ -191,9 +192,9 @@ def reply_generate(*, job: ReplyJob) -> Message:
     )
 
 
-def _validate_prompt(prompt: str) -> str:
+def _validate_prompt(prompt: str, *, param: str = "prompt") -> str:
     if not prompt.strip():
-        raise InvalidRequest("prompt must not be empty.", code="empty_prompt", param="prompt")
+        raise InvalidRequest(f"{param} must not be empty.", code="empty_prompt", param=param)
     return prompt
 
 
@@ -267,6 +268,15 @@ def conversation_start_prepare(
 def conversation_start(**kwargs) -> Message:
     """A new conversation with its first exchange (see conversation_start_prepare)."""
     return reply_generate(job=conversation_start_prepare(**kwargs))
+
+
+def complete_prepare(*, owner, content: str) -> ReplyJob:
+    """`/api/complete`: the prompt continues the caller's latest conversation made there (or a new one)."""
+    _validate_prompt(content, param="content")
+    conversation = conversation_latest_for_origin(user=owner, origin=Conversation.Origin.COMPLETE)
+    if conversation is None:
+        conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.COMPLETE)
+    return conversation_ask_prepare(conversation=conversation, prompt=content)
 
 
 def message_regenerate_prepare(

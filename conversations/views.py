@@ -10,11 +10,10 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
-from rest_framework.exceptions import NotAcceptable
-from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import ERROR_RESPONSES
 from conversations import selectors, services, streaming
 from conversations.models import Conversation, Message
@@ -41,16 +40,6 @@ def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dic
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
-
-
-class EventStreamNegotiation(DefaultContentNegotiation):
-    """`Accept: text/event-stream` asks for a stream; anything not streamed (errors included) is JSON."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        try:
-            return super().select_renderer(request, renderers, format_suffix)
-        except NotAcceptable:
-            return renderers[0], renderers[0].media_type
 
 
 def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
@@ -84,7 +73,7 @@ def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
 class ConversationViewSet(viewsets.ViewSet):
     """Conversations of the authenticated user; anybody else's are a 404."""
 
-    content_negotiation_class = EventStreamNegotiation
+    content_negotiation_class = StreamFriendlyNegotiation
 
     def _conversation(self, request: Request, conversation_id: str) -> Conversation:
         return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)

@@ -64,7 +64,9 @@ def test_new_streams_created_deltas_completed_and_stores_the_reply(http, backend
 def test_ask_streams_with_accept_header_and_sends_the_branch(http, backend):
     first = http.post(f"{http.base_url}/conversations/new", json={"prompt": "one"}).json()["response"]
     cid = first["conversation_id"]
-    response = post_stream(http, f"/conversations/{cid}/ask", {"prompt": "two"}, headers={"Accept": "text/event-stream"})
+    response = post_stream(
+        http, f"/conversations/{cid}/ask", {"prompt": "two"}, headers={"Accept": "text/event-stream"}
+    )
     events = events_of(response)
     assert events[-1].event == "completed"
     assert [m["content"] for m in backend.last_messages] == ["one", first["message"], "two"]

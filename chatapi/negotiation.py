@@ -1,0 +1,17 @@
+"""Content negotiation for endpoints that stream: a streaming Accept header never turns an answer into a 406."""
+
+from __future__ import annotations
+
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
+
+
+class StreamFriendlyNegotiation(DefaultContentNegotiation):
+    """`Accept: text/event-stream` (or `text/plain`) asks for a stream; whatever is not streamed,
+    errors included, is answered with the first renderer (JSON)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type

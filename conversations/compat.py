@@ -1,0 +1,64 @@
+"""Endpoints compatible with two older proxies (`/api/complete`, `/api/ask`), so their clients switch by host.
+
+Their clients read `error` as a string, so errors here are `{"error": "<text>"}` with the usual statuses.
+"""
+
+from __future__ import annotations
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from chatapi.errors import compat_exception_handler
+from chatapi.fields import StrictCharField
+from chatapi.negotiation import StreamFriendlyNegotiation
+from conversations import services, streaming
+
+
+class CompleteInput(serializers.Serializer):
+    content = StrictCharField(allow_blank=True, help_text="The prompt.")
+
+
+class CompatErrorOutput(serializers.Serializer):
+    error = serializers.CharField()
+
+
+COMPAT_ERRORS = {
+    status: OpenApiResponse(CompatErrorOutput, description=description)
+    for status, description in [
+        (400, "Missing or invalid field."),
+        (401, "No API key, or an unknown, revoked or expired one."),
+        (413, "Body larger than the configured limit."),
+    ]
+}
+
+
+class CompleteView(APIView):
+    """`POST /api/complete`: the reply as plain text, streamed as it is generated."""
+
+    content_negotiation_class = StreamFriendlyNegotiation
+
+    def get_exception_handler(self):
+        return compat_exception_handler
+
+    @extend_schema(
+        operation_id="compat_complete",
+        request=CompleteInput,
+        responses={(200, "text/plain"): OpenApiTypes.STR, **COMPAT_ERRORS},
+        description=(
+            "Streams the reply as `text/plain` (`curl -N` shows it live). Continues the caller's latest "
+            "conversation made through this endpoint, or starts one. A backend failure after the reply has "
+            "started is appended as a line `[error: …]`."
+        ),
+    )
+    def post(self, request: Request) -> StreamingHttpResponse:
+        serializer = CompleteInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        job = services.complete_prepare(owner=request.user, content=serializer.validated_data["content"])
+        response = StreamingHttpResponse(streaming.reply_text(job), content_type="text/plain; charset=utf-8")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
