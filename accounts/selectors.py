@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from accounts.models import APIKey, User
+from accounts.models import KEY_PREFIX, APIKey, User
+from chatapi.ids import parse_uuid
+
+# The largest value a BigAutoField id can hold; bigger digit strings can only be usernames.
+_MAX_USER_ID = 2**63 - 1
 
 
 def api_key_list_for_user(*, user: User) -> QuerySet[APIKey]:
@@ -25,14 +31,53 @@ def api_key_active_q(prefix: str = "") -> Q:
     )
 
 
+def api_key_status(*, api_key: APIKey, now: datetime | None = None) -> str:
+    """`revoked`, `expired` or `active`, in that order of precedence."""
+    if api_key.is_revoked:
+        return "revoked"
+    if api_key.is_expired(now):
+        return "expired"
+    return "active"
+
+
+def api_key_filter_by_status(*, keys: QuerySet[APIKey], status: str) -> QuerySet[APIKey]:
+    """`keys` whose api_key_status() would be `status` (`active`, `revoked` or `expired`)."""
+    if status == "active":
+        return keys.filter(api_key_active_q())
+    if status == "revoked":
+        return keys.filter(revoked_at__isnull=False)
+    if status == "expired":
+        return keys.filter(revoked_at__isnull=True, expires_at__lte=timezone.now())
+    raise ValueError(f"Unknown API key status {status!r}.")
+
+
+def api_key_get_by_id_or_prefix(*, ident: str) -> APIKey | None:
+    """A key by its UUID, its prefix `ck_<lookup id>`, its bare lookup id, or a full key (by its lookup part)."""
+    ident = ident.strip()
+    pk = parse_uuid(ident)
+    if pk is not None:
+        return APIKey.objects.select_related("user").filter(pk=pk).first()
+    lookup_id = ident
+    if ident.startswith(f"{KEY_PREFIX}_"):
+        # `ck_<lookup>` or `ck_<lookup>_<secret>`: the lookup id is hex, so it never holds an underscore.
+        lookup_id = ident[len(KEY_PREFIX) + 1 :].partition("_")[0]
+    if not lookup_id:
+        return None
+    return APIKey.objects.select_related("user").filter(lookup_id=lookup_id).first()
+
+
+def user_annotate_active_key_count(users: QuerySet[User]) -> QuerySet[User]:
+    """`users`, each with `active_key_count`: its keys that are neither revoked nor expired, in the same query."""
+    return users.annotate(active_key_count=Count("api_keys", filter=api_key_active_q("api_keys__")))
+
+
 def user_list_with_key_counts() -> QuerySet[User]:
-    return User.objects.annotate(active_key_count=Count("api_keys", filter=api_key_active_q("api_keys__"))).order_by(
-        "id"
-    )
+    return user_annotate_active_key_count(User.objects.all()).order_by("id")
 
 
 def user_get_by_id_or_username(*, ident: str) -> User | None:
-    if ident.isdigit():
+    # isascii: "²".isdigit() is true but int() refuses it; the bound keeps huge numbers out of the query.
+    if ident.isascii() and ident.isdigit() and int(ident) <= _MAX_USER_ID:
         user = User.objects.filter(pk=int(ident)).first()
         if user is not None:
             return user

@@ -8,6 +8,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -16,6 +17,7 @@ from chatapi.errors import InvalidRequest
 
 LOOKUP_ID_BYTES = 6  # 12 hex characters
 SECRET_BYTES = 32
+MAX_EXPIRES_IN_DAYS = 3650
 
 
 class InvalidAPIKey(Exception):
@@ -63,15 +65,24 @@ def user_create(
         user.set_password(password)
     else:
         user.set_unusable_password()
-    user.full_clean(exclude=["password"])
+    try:
+        user.full_clean(exclude=["password"])
+    except ValidationError as exc:
+        # Callers (the API, commands, admin) expect ApplicationError, never a Django ValidationError.
+        field, messages = next(iter(exc.message_dict.items()))
+        raise InvalidRequest(f"{field}: {messages[0]}", param=field, details=exc.message_dict) from None
     user.save()
     return user
 
 
 def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = None) -> tuple[APIKey, str]:
     """Make a key for `user`. The full key is returned here once and never stored."""
-    if expires_in_days is not None and expires_in_days < 1:
-        raise InvalidRequest("expires_in_days must be at least 1.", param="expires_in_days")
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRES_IN_DAYS:
+        raise InvalidRequest(f"expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}.", param="expires_in_days")
+    name = name.strip()
+    max_name_length = APIKey._meta.get_field("name").max_length
+    if len(name) > max_name_length:
+        raise InvalidRequest(f"name must be at most {max_name_length} characters.", param="name")
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     for _ in range(5):
         lookup_id = secrets.token_hex(LOOKUP_ID_BYTES)
@@ -79,7 +90,7 @@ def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = 
             break
     raw_key = f"{KEY_PREFIX}_{lookup_id}_{secrets.token_urlsafe(SECRET_BYTES)}"
     api_key = APIKey.objects.create(
-        user=user, name=name.strip(), lookup_id=lookup_id, digest=_digest(raw_key), expires_at=expires_at
+        user=user, name=name, lookup_id=lookup_id, digest=_digest(raw_key), expires_at=expires_at
     )
     return api_key, raw_key
 

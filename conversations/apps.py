@@ -1,8 +1,21 @@
 """App config for conversations: message trees and the model backend."""
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _ensure_tree_integrity(sender, using, **kwargs):
+    from django.db import connections
+
+    from conversations.integrity import sqlite_triggers_ensure
+
+    sqlite_triggers_ensure(connections[using])
 
 
 class ConversationsConfig(AppConfig):
     name = "conversations"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # SQLite migrations that rebuild a table drop its triggers: make them again after every migrate.
+        post_migrate.connect(_ensure_tree_integrity, sender=self)
