@@ -40,7 +40,9 @@ SQLITE_TRIGGERS = {
     "message_parent_same_conversation_update": (
         f"BEFORE UPDATE OF parent_id, conversation_id ON conversations_message {_PARENT_CHECK}"
     ),
-    "conversation_current_node_own_message_insert": f"BEFORE INSERT ON conversations_conversation {_CURRENT_NODE_CHECK}",
+    "conversation_current_node_own_message_insert": (
+        f"BEFORE INSERT ON conversations_conversation {_CURRENT_NODE_CHECK}"
+    ),
     "conversation_current_node_own_message_update": (
         f"BEFORE UPDATE OF current_node_id ON conversations_conversation {_CURRENT_NODE_CHECK}"
     ),

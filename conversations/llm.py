@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 import openai
 from django.conf import settings
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chatapi.errors import (
     BackendError,
@@ -120,8 +121,13 @@ def async_client() -> openai.AsyncOpenAI:
     per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
     if config not in per_loop:
         base_url, api_key, timeout, max_retries = config
+        # aiohttp as the transport: far less CPU per streamed event than the default one.
         per_loop[config] = openai.AsyncOpenAI(
-            base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries
+            base_url=base_url or None,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
     return per_loop[config]
 
@@ -185,7 +191,9 @@ def complete(*, model: str, messages: ChatMessages, max_tokens: int | None = Non
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
     try:
-        response = client().chat.completions.create(**params)
+        # The SDK's generic `post` (its documented way to send a body as is): the same transport, retries
+        # and errors as `chat.completions.create`, without re-walking the already plain message dicts.
+        response = client().post("/chat/completions", body=params, cast_to=ChatCompletion)
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
     if not response.choices:
@@ -217,9 +225,14 @@ async def stream(*, model: str, messages: ChatMessages) -> AsyncIterator[StreamC
             await asyncio.sleep(0)
         yield StreamChunk(finish_reason="stop", usage=completion.usage, model=ECHO_MODEL)
         return
+    body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
     try:
-        response = await async_client().chat.completions.create(
-            model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+        response = await async_client().post(
+            "/chat/completions",
+            body=body,
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
         )
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc

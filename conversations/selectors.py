@@ -57,9 +57,13 @@ def _pk_param(value: uuid.UUID):
     return Message._meta.pk.get_db_prep_value(value, connection)
 
 
-def message_path_get(*, leaf: Message | None) -> list[Message]:
-    """The branch root→`leaf`, oldest first, in one query whatever its depth."""
-    if leaf is None:
+def message_path_get(*, conversation: Conversation, leaf_id: object) -> list[Message]:
+    """The branch root→`leaf_id`, oldest first, in one query whatever its depth.
+
+    Empty when `leaf_id` is None or not a message of `conversation`.
+    """
+    pk = parse_uuid(leaf_id)
+    if pk is None:
         return []
     table = Message._meta.db_table
     ancestors = RawSQL(
@@ -71,15 +75,24 @@ def message_path_get(*, leaf: Message | None) -> list[Message]:
         )
         SELECT id FROM path
         """,
-        (_pk_param(leaf.pk), _pk_param(leaf.conversation_id)),
+        (_pk_param(pk), _pk_param(conversation.pk)),
     )
-    by_id = {message.pk: message for message in Message.objects.filter(pk__in=ancestors)}
+    by_id = {message.pk: message for message in Message.objects.filter(pk__in=ancestors).order_by()}
     path: list[Message] = []
-    node = by_id.get(leaf.pk)
+    node = by_id.get(pk)
     while node is not None:
         path.append(node)
         node = by_id.get(node.parent_id) if node.parent_id else None
     path.reverse()
+    return path
+
+
+def message_path_or_400(*, conversation: Conversation, leaf_id: object, param: str) -> list[Message]:
+    """Like message_path_get, for an id a client sent in a body or query: not in this conversation is a 400."""
+    path = message_path_get(conversation=conversation, leaf_id=leaf_id)
+    if not path:
+        reason = "is not a message of this conversation" if parse_uuid(leaf_id) else "must be a message id (a UUID)"
+        raise InvalidRequest(f"{param} {reason}.", code="invalid_message_id", param=param)
     return path
 
 

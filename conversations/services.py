@@ -16,6 +16,7 @@ from conversations.selectors import (
     conversation_latest_for_origin,
     message_get_in_conversation,
     message_path_get,
+    message_path_or_400,
     message_subtree_ids,
 )
 
@@ -198,12 +199,13 @@ def _validate_prompt(prompt: str, *, param: str = "prompt") -> str:
     return prompt
 
 
-def _job(*, conversation: Conversation, request: Message, model: str, autocontinue: bool, new: bool) -> ReplyJob:
+def _job(*, conversation: Conversation, path: list[Message], model: str, autocontinue: bool, new: bool) -> ReplyJob:
+    """`path` runs from the root to the user message being answered."""
     return ReplyJob(
         conversation=conversation,
-        request=request,
+        request=path[-1],
         model=model,
-        context=_context(conversation, message_path_get(leaf=request)),
+        context=_context(conversation, path),
         autocontinue=autocontinue,
         request_is_new=new,
     )
@@ -225,21 +227,23 @@ def conversation_ask_prepare(
     _validate_prompt(prompt)
     chosen_model = llm.model_resolve(model or conversation.model)
     if parent_id is not None:
-        parent_pk = message_get_in_conversation(conversation=conversation, message_id=parent_id, param="parent_id").pk
+        path = message_path_or_400(conversation=conversation, leaf_id=parent_id, param="parent_id")
     else:
-        parent_pk = conversation.current_node_id
+        path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
     now = timezone.now()
-    with transaction.atomic():
-        request = Message.objects.create(
-            conversation=conversation, parent_id=parent_pk, role=Message.Role.USER, content=prompt, created_at=now
-        )
-        fields = ["updated_at"]
+    request = Message.objects.create(
+        conversation=conversation,
+        parent=path[-1] if path else None,
+        role=Message.Role.USER,
+        content=prompt,
+        created_at=now,
+    )
+    if not conversation.title:
+        conversation.title = title_from_prompt(prompt)
         conversation.updated_at = now
-        if not conversation.title:
-            conversation.title = title_from_prompt(prompt)
-            fields.append("title")
-        conversation.save(update_fields=fields)
-    return _job(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue, new=True)
+        conversation.save(update_fields=["title", "updated_at"])
+    job_path = [*path, request]
+    return _job(conversation=conversation, path=job_path, model=chosen_model, autocontinue=autocontinue, new=True)
 
 
 def conversation_ask(**kwargs) -> Message:
@@ -286,13 +290,14 @@ def message_regenerate_prepare(
     if message.role == Message.Role.ASSISTANT:
         if message.parent_id is None:
             raise InvalidRequest("This assistant message has no prompt to answer.", code="cannot_regenerate")
-        request = Message.objects.get(pk=message.parent_id)
+        request_id = message.parent_id
     elif message.role == Message.Role.USER:
-        request = message
+        request_id = message.pk
     else:
         raise InvalidRequest("Only user and assistant messages can be regenerated.", code="cannot_regenerate")
     chosen_model = llm.model_resolve(model or conversation.model)
-    return _job(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue, new=False)
+    path = message_path_get(conversation=conversation, leaf_id=request_id)
+    return _job(conversation=conversation, path=path, model=chosen_model, autocontinue=autocontinue, new=False)
 
 
 def message_regenerate(**kwargs) -> Message:
@@ -315,12 +320,9 @@ def conversation_fork(
 ) -> Conversation:
     """A new conversation holding a copy of the path root→message (default: `current_node`)."""
     if message_id is not None:
-        leaf = message_get_in_conversation(conversation=conversation, message_id=message_id, param="message_id")
-    elif conversation.current_node_id is not None:
-        leaf = Message.objects.get(pk=conversation.current_node_id)
+        path = message_path_or_400(conversation=conversation, leaf_id=message_id, param="message_id")
     else:
-        leaf = None
-    path = message_path_get(leaf=leaf)
+        path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
     base_title = conversation.title or "Conversation"
     with transaction.atomic():
         fork = Conversation.objects.create(

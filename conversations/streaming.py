@@ -38,8 +38,21 @@ class _End:
     error: BackendError | None = None
 
 
-async def _produce(job: ReplyJob, queue: asyncio.Queue[llm.StreamChunk | _End]) -> None:
-    """Read the backend's stream (and its continuations, with autocontinue) into `queue`."""
+class _Channel:
+    """The producer's pieces on their way to the response, and when the last one was put."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[llm.StreamChunk | _End | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self.last_put = self._loop.time()
+
+    def put(self, item: llm.StreamChunk | _End | None) -> None:
+        self.last_put = self._loop.time()
+        self.queue.put_nowait(item)
+
+
+async def _produce(job: ReplyJob, channel: _Channel) -> None:
+    """Read the backend's stream (and its continuations, with autocontinue) into `channel`."""
     context = job.context
     text: list[str] = []
     usage: llm.Usage | None = None
@@ -51,19 +64,19 @@ async def _produce(job: ReplyJob, queue: asyncio.Queue[llm.StreamChunk | _End]) 
             async for chunk in llm.stream(model=job.model, messages=context):
                 if chunk.finish_reason is None:
                     text.append(chunk.delta)
-                    queue.put_nowait(chunk)
+                    channel.put(chunk)
                 else:
                     final = chunk
             assert final is not None
             usage = _add_usage(usage, final.usage) if rounds > 1 else final.usage
             more = job.autocontinue and final.finish_reason == "length"
             if not more or rounds >= settings.CHATAPI_AUTOCONTINUE_MAX_ROUNDS:
-                queue.put_nowait(_End(chunk=replace(final, usage=usage)))
+                channel.put(_End(chunk=replace(final, usage=usage)))
                 return
             # The partial reply goes back as the last assistant turn; the model carries on from it.
             context = [*job.context, {"role": "assistant", "content": "".join(text)}]
     except BackendError as exc:
-        queue.put_nowait(_End(error=exc))
+        channel.put(_End(error=exc))
 
 
 def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
@@ -76,28 +89,36 @@ def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
 
 async def _pieces(job: ReplyJob) -> AsyncIterator[llm.StreamChunk | _End | None]:
     """The backend's pieces for `job` as they come; None after `CHATAPI_SSE_PING_SECONDS` of silence."""
-    queue: asyncio.Queue[llm.StreamChunk | _End] = asyncio.Queue()
-    producer = asyncio.create_task(_produce(job, queue))
-    ping_after = settings.CHATAPI_SSE_PING_SECONDS
+    channel = _Channel()
+    producer = asyncio.create_task(_produce(job, channel))
+    pinger = asyncio.create_task(_ping_when_silent(channel, settings.CHATAPI_SSE_PING_SECONDS))
     try:
         while True:
-            try:
-                async with asyncio.timeout(ping_after):
-                    item = await queue.get()
-            except TimeoutError:
-                yield None
-                continue
+            item = await channel.queue.get()
             yield item
             if isinstance(item, _End):
                 return
     finally:
         # Client gone or stream over: stop the backend request (closing its HTTP connection).
+        pinger.cancel()
         producer.cancel()
         try:
             await producer
         except asyncio.CancelledError:
             if not producer.cancelled():
                 raise
+
+
+async def _ping_when_silent(channel: _Channel, interval: float) -> None:
+    """Put a None (a ping) in the channel whenever nothing went through it for `interval` seconds.
+
+    One timer per stream, looked at once per interval, rather than a timeout around every piece.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(max(0.0, channel.last_put + interval - loop.time()))
+        if loop.time() - channel.last_put >= interval:
+            channel.put(None)
 
 
 _store = sync_to_async(reply_store)

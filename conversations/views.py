@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import ERROR_RESPONSES
 from conversations import selectors, services, streaming
-from conversations.models import Conversation, Message
+from conversations.models import Conversation
 from conversations.serializers import (
     AskInput,
     AskOutput,
@@ -197,12 +197,9 @@ class ConversationViewSet(viewsets.ViewSet):
             children = selectors.message_children_map(messages=messages, complete=True)
         else:
             if "leaf" in query:
-                leaf = selectors.message_get_in_conversation(
-                    conversation=conversation, message_id=query["leaf"], param="leaf"
-                )
+                messages = selectors.message_path_or_400(conversation=conversation, leaf_id=query["leaf"], param="leaf")
             else:
-                leaf = Message.objects.filter(pk=conversation.current_node_id).first()
-            messages = selectors.message_path_get(leaf=leaf)
+                messages = selectors.message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
             children = selectors.message_children_map(messages=messages)
         return Response(MessageOutput(messages, many=True, context={"children": children}).data)
 
