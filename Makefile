@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHATAPI_HOST ?= 127.0.0.1
 CHATAPI_PORT ?= 8000
+CHATAPI_WORKERS ?= 1
 
-.PHONY: run test lint format migrate clean
+.PHONY: run test lint format migrate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,11 @@ migrate: $(VENV)/.installed-run
 
 run: migrate
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/uvicorn chatapi.asgi:application --host $(CHATAPI_HOST) --port $(CHATAPI_PORT)
+	$(BIN)/uvicorn chatapi.asgi:application --host $(CHATAPI_HOST) --port $(CHATAPI_PORT) \
+		--workers $(CHATAPI_WORKERS) --lifespan on
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

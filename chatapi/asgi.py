@@ -37,10 +37,26 @@ class PooledASGIHandler(ASGIHandler):
         super().load_middleware(is_async=False)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         # No per-request ThreadSensitiveContext: that is what gives each open request its own thread.
         await self.handle(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        """Start-up needs nothing; at shutdown, close the model backend's connection pools."""
+        from conversations import llm
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await llm.async_clients_close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         context = contextvars.copy_context()

@@ -132,6 +132,12 @@ def async_client() -> openai.AsyncOpenAI:
     return per_loop[config]
 
 
+async def async_clients_close() -> None:
+    """Close this event loop's backend clients (at server shutdown)."""
+    for async_client_ in _async_clients.pop(asyncio.get_running_loop(), {}).values():
+        await async_client_.close()
+
+
 def _count_tokens(text: str) -> int:
     # The echo model has no tokenizer; whitespace-separated words are a fair stand-in.
     return len(text.split())
