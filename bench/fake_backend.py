@@ -55,7 +55,9 @@ class Backend(asyncio.Protocol):
         self.buffer = self.buffer[head_end + 4 + length :]
         method, path, _ = head.split(" ", 2)
         if method == "GET" and path.startswith("/v1/models"):
-            self.transport.write(_response("200 OK", b'{"object":"list","data":[{"id":"bench-model","object":"model"}]}'))
+            self.transport.write(
+                _response("200 OK", b'{"object":"list","data":[{"id":"bench-model","object":"model"}]}')
+            )
         elif method == "POST" and path.startswith("/v1/chat/completions"):
             request = json.loads(body)
             if request.get("stream"):
@@ -78,7 +80,11 @@ class Backend(asyncio.Protocol):
                 "created": int(time.time()),
                 "model": request.get("model", "bench-model"),
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": "A short benchmark reply."}, "finish_reason": "stop"}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "A short benchmark reply."},
+                        "finish_reason": "stop",
+                    }
                 ],
                 "usage": {"prompt_tokens": words, "completion_tokens": 4, "total_tokens": words + 4},
             }

@@ -21,7 +21,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,7 +226,7 @@ async def run_fixed(concurrency: int, total: int, make_call) -> tuple[list[float
             remaining -= 1
             try:
                 latency, ok = await make_call(index)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 errors += 1
                 continue
             latencies.append(latency)
@@ -322,7 +321,7 @@ async def scenario_held_streams(client: Client, count: int, pid: int) -> dict[st
         try:
             _, total, ok = await client.stream_service(*threads[i % len(threads)])
             return total, ok
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return float("nan"), False
 
     outcomes = await asyncio.gather(*(one(i) for i in range(count)))

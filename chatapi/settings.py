@@ -83,6 +83,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20}
     )
+    # A local file cannot drop a connection the way a network server can: no check per request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:

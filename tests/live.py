@@ -18,7 +18,7 @@ class LiveASGIServer:
     def __init__(self) -> None:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
-        self.url = "http://127.0.0.1:{}".format(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
         config = uvicorn.Config("chatapi.asgi:application", log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
