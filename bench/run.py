@@ -371,7 +371,9 @@ for depth in (2, 200):
     conversation.current_node = parent
     conversation.save()
     with CaptureQueriesContext(connection) as queries:
-        response = client.post(f"/conversations/{conversation.pk}/ask", {"prompt": "hi"}, content_type="application/json")
+        response = client.post(
+            f"/conversations/{conversation.pk}/ask", {"prompt": "hi"}, content_type="application/json"
+        )
     assert response.status_code == 201, response.content
     counts[depth] = len(queries)
 print(json.dumps(counts))
