@@ -34,6 +34,11 @@ class APIKey(models.Model):
     revoked_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="Keys are revoked, never deleted, so usage stays attributable."
     )
+    # Usage totals, added to with one UPDATE per reply (from the backend's counts, or estimated).
+    request_count = models.PositiveBigIntegerField(default=0, editable=False, help_text="Replies generated.")
+    prompt_tokens = models.PositiveBigIntegerField(default=0, editable=False)
+    completion_tokens = models.PositiveBigIntegerField(default=0, editable=False)
+    total_tokens = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
         verbose_name = "API key"

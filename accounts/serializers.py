@@ -14,6 +14,13 @@ class APIKeyCreateInput(serializers.Serializer):
     )
 
 
+class APIKeyUsageOutput(serializers.Serializer):
+    requests = serializers.IntegerField(source="request_count", help_text="Replies generated with this key.")
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
 class APIKeyOutput(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
@@ -22,6 +29,7 @@ class APIKeyOutput(serializers.Serializer):
     last_used_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
+    usage = APIKeyUsageOutput(source="*", help_text="Token usage of the replies made with this key.")
 
 
 class APIKeyCreatedOutput(APIKeyOutput):

@@ -10,6 +10,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import KEY_PREFIX, APIKey, User
@@ -93,6 +94,16 @@ def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = 
         user=user, name=name, lookup_id=lookup_id, digest=_digest(raw_key), expires_at=expires_at
     )
     return api_key, raw_key
+
+
+def api_key_usage_record(*, api_key_id: object, prompt_tokens: int, completion_tokens: int) -> None:
+    """Add one reply's token usage to a key's totals, in one UPDATE (no read, no race)."""
+    APIKey.objects.filter(pk=api_key_id).update(
+        request_count=F("request_count") + 1,
+        prompt_tokens=F("prompt_tokens") + prompt_tokens,
+        completion_tokens=F("completion_tokens") + completion_tokens,
+        total_tokens=F("total_tokens") + prompt_tokens + completion_tokens,
+    )
 
 
 def api_key_revoke(*, api_key: APIKey) -> APIKey:

@@ -46,7 +46,7 @@ class PooledASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        """Start-up needs nothing; at shutdown, close the model backend's connection pools."""
+        """Start-up needs nothing; at shutdown, close the model backend's clients and the thread pool."""
         from conversations import llm
 
         while True:
@@ -55,6 +55,8 @@ class PooledASGIHandler(ASGIHandler):
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await llm.async_clients_close()
+                # Ending the pool's threads drops their database connections with them.
+                await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

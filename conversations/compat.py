@@ -16,6 +16,7 @@ from chatapi.errors import compat_exception_handler
 from chatapi.fields import StrictCharField
 from chatapi.negotiation import StreamFriendlyNegotiation
 from conversations import services, streaming
+from conversations.views import api_key_id
 
 
 class CompleteInput(serializers.Serializer):
@@ -58,6 +59,7 @@ class CompleteView(APIView):
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         job = services.complete_prepare(owner=request.user, content=serializer.validated_data["content"])
+        job.api_key_id = api_key_id(request)
         response = StreamingHttpResponse(streaming.reply_text(job), content_type="text/plain; charset=utf-8")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"

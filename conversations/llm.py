@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -61,7 +63,7 @@ class StreamChunk:
     model: str = ""
 
 
-ChatMessages = list[dict[str, str]]
+ChatMessages = list[dict[str, Any]]
 
 
 def available_models() -> list[str]:
@@ -138,23 +140,68 @@ async def async_clients_close() -> None:
         await async_client_.close()
 
 
-def _count_tokens(text: str) -> int:
-    # The echo model has no tokenizer; whitespace-separated words are a fair stand-in.
-    return len(text.split())
+def estimate_tokens(text: str) -> int:
+    """Tokens in `text` when the backend does not say: about four characters a token."""
+    return (len(text) + 3) // 4
 
 
-def _echo(messages: ChatMessages) -> Completion:
-    prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    turns = sum(1 for m in messages if m["role"] == "user")
-    content = f"{ECHO_NOTICE} You said: {prompt}" + (f" (turn {turns})" if turns > 1 else "")
-    prompt_tokens = sum(_count_tokens(m["content"]) for m in messages)
-    completion_tokens = _count_tokens(content)
-    return Completion(
-        content=content,
-        model=ECHO_MODEL,
-        finish_reason="stop",
-        usage=Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens),
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: count the text ones
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def estimate_usage(messages: ChatMessages, reply: str) -> Usage:
+    prompt = sum(estimate_tokens(_text(m.get("content"))) for m in messages)
+    completion = estimate_tokens(reply)
+    return Usage(prompt, completion, prompt + completion)
+
+
+def _usage(usage: Any) -> Usage | None:
+    if usage is None:
+        return None
+    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0)
+
+
+def _echo_text(messages: ChatMessages) -> str:
+    prompt = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    turns = sum(1 for m in messages if m.get("role") == "user")
+    return f"{ECHO_NOTICE} You said: {prompt}" + (f" (turn {turns})" if turns > 1 else "")
+
+
+def _echo_completion(messages: ChatMessages) -> ChatCompletion:
+    content = _echo_text(messages)
+    usage = estimate_usage(messages, content)
+    return ChatCompletion.model_validate(
+        {
+            "id": f"chatcmpl-echo-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": ECHO_MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
     )
+
+
+async def _echo_chunks(messages: ChatMessages) -> AsyncIterator[ChatCompletionChunk]:
+    completion = _echo_completion(messages)
+    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created, "model": ECHO_MODEL}
+    words = (completion.choices[0].message.content or "").split(" ")
+    yield ChatCompletionChunk.model_validate({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    for i, word in enumerate(words):
+        piece = word if i == len(words) - 1 else word + " "
+        yield ChatCompletionChunk.model_validate({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
+        await asyncio.sleep(0)
+    done = {"index": 0, "delta": {}, "finish_reason": "stop"}
+    yield ChatCompletionChunk.model_validate({**base, "choices": [done]})
+    yield ChatCompletionChunk.model_validate({**base, "choices": [], "usage": completion.usage.model_dump()})
 
 
 def _timeout_error() -> BackendTimeout:
@@ -189,49 +236,46 @@ def translate_error(exc: openai.OpenAIError, *, model: str) -> BackendError:
     return BackendError("The model backend failed.", details={"backend_message": str(exc)})
 
 
-def complete(*, model: str, messages: ChatMessages, max_tokens: int | None = None) -> Completion:
-    """One chat completion for `messages` (system first, oldest first)."""
+def _body(model: str, messages: ChatMessages, params: dict[str, Any] | None) -> dict[str, Any]:
+    return {**(params or {}), "model": model, "messages": messages}
+
+
+def chat_completion(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> ChatCompletion:
+    """The backend's chat completion for `messages`, as the SDK's object; `params` are sent as they are."""
     if model == ECHO_MODEL:
-        return _echo(messages)
-    params: dict[str, Any] = {"model": model, "messages": messages}
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
+        return _echo_completion(messages)
     try:
         # The SDK's generic `post` (its documented way to send a body as is): the same transport, retries
         # and errors as `chat.completions.create`, without re-walking the already plain message dicts.
-        response = client().post("/chat/completions", body=params, cast_to=ChatCompletion)
+        return client().post("/chat/completions", body=_body(model, messages, params), cast_to=ChatCompletion)
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
+
+
+def complete(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> Completion:
+    """One reply to `messages` (system first, oldest first); usage estimated if the backend gives none."""
+    response = chat_completion(model=model, messages=messages, params=params)
     if not response.choices:
         raise BackendError("The model backend returned no choices.", code="backend_empty_response")
     choice = response.choices[0]
-    usage = None
-    if response.usage is not None:
-        usage = Usage(
-            prompt_tokens=response.usage.prompt_tokens or 0,
-            completion_tokens=response.usage.completion_tokens or 0,
-            total_tokens=response.usage.total_tokens or 0,
-        )
+    content = choice.message.content or ""
     finish = "length" if choice.finish_reason == "length" else "stop"
-    return Completion(
-        content=choice.message.content or "", model=response.model or model, finish_reason=finish, usage=usage
-    )
+    usage = _usage(response.usage) or estimate_usage(messages, content)
+    return Completion(content=content, model=response.model or model, finish_reason=finish, usage=usage)
 
 
-async def stream(*, model: str, messages: ChatMessages) -> AsyncIterator[StreamChunk]:
-    """The reply to `messages` piece by piece as the backend produces it; the last chunk says how it ended.
+async def chat_completion_chunks(
+    *, model: str, messages: ChatMessages, params: dict[str, Any] | None = None
+) -> AsyncIterator[ChatCompletionChunk]:
+    """The backend's streamed chunks, as the SDK's objects, as they arrive; the last carries usage if known.
 
     Closing the iterator early (client gone) closes the backend request, so generation stops there too.
     """
     if model == ECHO_MODEL:
-        completion = _echo(messages)
-        words = completion.content.split(" ")
-        for i, word in enumerate(words):
-            yield StreamChunk(delta=word if i == len(words) - 1 else word + " ")
-            await asyncio.sleep(0)
-        yield StreamChunk(finish_reason="stop", usage=completion.usage, model=ECHO_MODEL)
+        async for chunk in _echo_chunks(messages):
+            yield chunk
         return
-    body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
+    body = {**_body(model, messages, params), "stream": True, "stream_options": {"include_usage": True}}
     try:
         response = await async_client().post(
             "/chat/completions",
@@ -242,23 +286,9 @@ async def stream(*, model: str, messages: ChatMessages) -> AsyncIterator[StreamC
         )
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    model_name = model
     try:
         async for chunk in response:
-            if chunk.model:
-                model_name = chunk.model
-            if chunk.usage is not None:
-                usage = Usage(
-                    chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, chunk.usage.total_tokens or 0
-                )
-            if chunk.choices:
-                choice = chunk.choices[0]
-                if choice.delta is not None and choice.delta.content:
-                    yield StreamChunk(delta=choice.delta.content)
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
+            yield chunk
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
     except httpx2.TimeoutException as exc:
@@ -267,4 +297,33 @@ async def stream(*, model: str, messages: ChatMessages) -> AsyncIterator[StreamC
         raise BackendError("The model backend's stream broke off.", code="backend_stream_broken") from exc
     finally:
         await response.close()
-    yield StreamChunk(finish_reason="length" if finish_reason == "length" else "stop", usage=usage, model=model_name)
+
+
+async def stream(
+    *, model: str, messages: ChatMessages, params: dict[str, Any] | None = None
+) -> AsyncIterator[StreamChunk]:
+    """The reply's text piece by piece; the last chunk says how it ended, with usage (estimated if need be)."""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model_name = model
+    text: list[str] = []
+    chunks = chat_completion_chunks(model=model, messages=messages, params=params)
+    try:
+        async for chunk in chunks:
+            if chunk.model:
+                model_name = chunk.model
+            usage = _usage(chunk.usage) or usage
+            if chunk.choices:
+                choice = chunk.choices[0]
+                if choice.delta is not None and choice.delta.content:
+                    text.append(choice.delta.content)
+                    yield StreamChunk(delta=choice.delta.content)
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+    finally:
+        await chunks.aclose()
+    yield StreamChunk(
+        finish_reason="length" if finish_reason == "length" else "stop",
+        usage=usage or estimate_usage(messages, "".join(text)),
+        model=model_name,
+    )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.services import api_key_usage_record
 from chatapi.errors import BackendError, InvalidRequest
 from conversations import llm
 from conversations.models import Conversation, Message
@@ -100,8 +102,8 @@ def _context(conversation: Conversation, path: list[Message]) -> llm.ChatMessage
     return messages
 
 
-def _generate(*, model: str, context: llm.ChatMessages, autocontinue: bool) -> llm.Completion:
-    completion = llm.complete(model=model, messages=context)
+def _generate(*, model: str, context: llm.ChatMessages, autocontinue: bool, params: dict[str, Any]) -> llm.Completion:
+    completion = llm.complete(model=model, messages=context, params=params)
     if not autocontinue:
         return completion
     parts = [completion.content]
@@ -111,7 +113,8 @@ def _generate(*, model: str, context: llm.ChatMessages, autocontinue: bool) -> l
         so_far = "".join(parts)
         try:
             # The partial reply goes back as the last assistant turn; the model carries on from it.
-            completion = llm.complete(model=model, messages=[*context, {"role": "assistant", "content": so_far}])
+            continued = [*context, {"role": "assistant", "content": so_far}]
+            completion = llm.complete(model=model, messages=continued, params=params)
         except BackendError:
             break  # keep what was generated; it is stored as cut off by length
         rounds += 1
@@ -136,6 +139,8 @@ class ReplyJob:
     autocontinue: bool
     request_is_new: bool  # False for regenerate
     reply_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    params: dict[str, Any] = field(default_factory=dict)  # sampling parameters, sent to the backend as they are
+    api_key_id: uuid.UUID | None = None  # the key the usage is counted against
 
     def backend_failed(self, exc: BackendError) -> BackendError:
         """`exc` with the ids a client needs to retry (the stored prompt can be regenerated)."""
@@ -151,10 +156,17 @@ def reply_store(
     finish_details: str,
     usage: llm.Usage | None,
 ) -> Message:
-    """Store the assistant's reply; `current_node` moves to it unless the backend failed before any text."""
+    """Store the assistant's reply and count its usage; `current_node` moves to it unless the backend
+    failed before any text. Usage the backend did not report is estimated."""
     now = timezone.now()
     conversation = job.conversation
+    if usage is None and finish_details != Message.Finish.ERROR:
+        usage = llm.estimate_usage(job.context, content)
     with transaction.atomic():
+        if usage is not None and job.api_key_id is not None:
+            api_key_usage_record(
+                api_key_id=job.api_key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            )
         reply = Message.objects.create(
             id=job.reply_id,
             conversation=conversation,
@@ -180,7 +192,7 @@ def reply_store(
 def reply_generate(*, job: ReplyJob) -> Message:
     """Generate (non-streaming) and store the reply; on backend failure the prompt stays stored."""
     try:
-        completion = _generate(model=job.model, context=job.context, autocontinue=job.autocontinue)
+        completion = _generate(model=job.model, context=job.context, autocontinue=job.autocontinue, params=job.params)
     except BackendError as exc:
         job.backend_failed(exc)
         raise

@@ -61,7 +61,7 @@ async def _produce(job: ReplyJob, channel: _Channel) -> None:
         while True:
             rounds += 1
             final: llm.StreamChunk | None = None
-            async for chunk in llm.stream(model=job.model, messages=context):
+            async for chunk in llm.stream(model=job.model, messages=context, params=job.params):
                 if chunk.finish_reason is None:
                     text.append(chunk.delta)
                     channel.put(chunk)

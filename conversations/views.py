@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -13,6 +14,7 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.models import APIKey
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import ERROR_RESPONSES
 from conversations import selectors, services, streaming
@@ -42,6 +44,11 @@ def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dic
     return dict(serializer.validated_data)
 
 
+def api_key_id(request: Request) -> uuid.UUID | None:
+    """The key the request came with (usage is counted against it); None for a session login."""
+    return request.auth.pk if isinstance(request.auth, APIKey) else None
+
+
 def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
     return bool(data.pop("stream", False)) or "text/event-stream" in request.headers.get("Accept", "")
 
@@ -52,6 +59,7 @@ def _reply(
     """Store the prompt, then answer with the reply as JSON (201) or as a stream of server-sent events."""
     stream = _wants_stream(request, data)
     job = prepare(**kwargs, **data)
+    job.api_key_id = api_key_id(request)
     if not stream:
         reply = services.reply_generate(job=job)
         return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)

@@ -94,8 +94,14 @@ def other_api(client_for, other_user: User) -> APIClient:
 
 @pytest.fixture(scope="session")
 def _live_asgi_server(django_db_setup, django_db_blocker) -> Iterator[str]:
+    from django.db import connections
+
     from tests.live import LiveASGIServer
 
+    # The server's threads close their connections after each request, so that none is left open
+    # when the test database is dropped at the end.
+    for connection in connections.all():
+        connection.settings_dict["CONN_MAX_AGE"] = 0
     with django_db_blocker.unblock():
         server = LiveASGIServer().start()
     yield server.url

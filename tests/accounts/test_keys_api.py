@@ -16,7 +16,7 @@ from accounts.services import api_key_create
 
 pytestmark = pytest.mark.django_db
 
-OUTPUT_FIELDS = {"id", "name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"}
+OUTPUT_FIELDS = {"id", "name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "usage"}
 
 
 def client_with(key: str) -> APIClient:

@@ -346,6 +346,7 @@ def test_without_autocontinue_a_length_stop_is_reported(api, backend):
     assert len(backend.requests) == 1
 
 
-def test_reply_without_usage_from_backend_has_null_usage(api, backend):
-    backend.reply_with("no usage here", usage=False)
-    assert new(api, "Go")["usage"] is None
+def test_reply_without_usage_from_backend_gets_an_estimate(api, backend):
+    backend.reply_with("no usage reported for this reply", usage=False)
+    usage = new(api, "Please go")["usage"]
+    assert usage == {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}  # about 4 characters a token
