@@ -14,7 +14,8 @@ from drf_spectacular.views import (
 
 from accounts.views import APIKeyViewSet
 from chatapi.health import healthz, readyz
-from conversations.compat import CompleteView
+from conversations.compat import AskView, CompleteView
+from conversations.openai_api import ChatCompletionsView, ModelDetailView, ModelListView
 from conversations.views import ConversationViewSet
 
 handler400 = "chatapi.errors.bad_request_view"
@@ -55,6 +56,10 @@ urlpatterns = [
     api_route("api/keys", keys({"get": "list", "post": "create"}), "api-key-list"),
     api_route(rf"api/keys/{ID.format('key_id')}", keys({"delete": "destroy"}), "api-key-detail"),
     api_route("api/complete", CompleteView.as_view(), "compat-complete"),
+    api_route("api/ask", AskView.as_view(), "compat-ask"),
+    api_route("v1/chat/completions", ChatCompletionsView.as_view(), "openai-chat-completions"),
+    api_route("v1/models", ModelListView.as_view(), "openai-models"),
+    api_route(r"v1/models/(?P<model>[^/]+)", ModelDetailView.as_view(), "openai-model"),
     api_route("healthz", healthz, "healthz"),
     api_route("readyz", readyz, "readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chatapi.errors import compat_exception_handler
@@ -23,6 +24,24 @@ class CompleteInput(serializers.Serializer):
     content = StrictCharField(allow_blank=True, help_text="The prompt.")
 
 
+class CompatAskInput(serializers.Serializer):
+    content = StrictCharField(allow_blank=True, help_text="The prompt.")
+    conversation_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="Continue this conversation; omit to start one."
+    )
+    parent_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="Answer this message: the previous answer's `response_id`."
+    )
+
+
+class CompatAskOutput(serializers.Serializer):
+    id = serializers.UUIDField(help_text="The stored prompt.")
+    response_id = serializers.UUIDField(help_text="The reply; send it as `parent_id` to continue.")
+    conversation_id = serializers.UUIDField()
+    content = serializers.CharField(help_text="The reply's text.")
+    error = serializers.CharField(help_text="Always empty on success.")
+
+
 class CompatErrorOutput(serializers.Serializer):
     error = serializers.CharField()
 
@@ -32,9 +51,45 @@ COMPAT_ERRORS = {
     for status, description in [
         (400, "Missing or invalid field."),
         (401, "No API key, or an unknown, revoked or expired one."),
+        (404, "Unknown conversation."),
         (413, "Body larger than the configured limit."),
+        (502, "The model backend answered with an error."),
+        (503, "No model backend reachable."),
+        (504, "The model backend timed out."),
     ]
 }
+
+
+class AskView(APIView):
+    """`POST /api/ask`: one exchange, answered whole; threads are chained through `response_id`."""
+
+    def get_exception_handler(self):
+        return compat_exception_handler
+
+    @extend_schema(
+        operation_id="compat_ask",
+        request=CompatAskInput,
+        responses={200: CompatAskOutput, **COMPAT_ERRORS},
+        description=(
+            "Ask, answered as one JSON object. Without `conversation_id` a new conversation is started; "
+            "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        serializer = CompatAskInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        job = services.compat_ask_prepare(owner=request.user, **serializer.validated_data)
+        job.api_key_id = api_key_id(request)
+        reply = services.reply_generate(job=job)
+        return Response(
+            {
+                "id": str(reply.parent_id),
+                "response_id": str(reply.pk),
+                "conversation_id": str(reply.conversation_id),
+                "content": reply.content,
+                "error": "",
+            }
+        )
 
 
 class CompleteView(APIView):
@@ -60,7 +115,8 @@ class CompleteView(APIView):
         serializer.is_valid(raise_exception=True)
         job = services.complete_prepare(owner=request.user, content=serializer.validated_data["content"])
         job.api_key_id = api_key_id(request)
-        response = StreamingHttpResponse(streaming.reply_text(job), content_type="text/plain; charset=utf-8")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        return streaming.stream_response(
+            streaming.reply_text(job),
+            content_type="text/plain; charset=utf-8",
+            on_error=lambda: b"\n[error: Internal server error.]\n",
+        )

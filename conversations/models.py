@@ -13,6 +13,8 @@ class Conversation(models.Model):
     class Origin(models.TextChoices):
         CONVERSATIONS = "conversations", "Conversation API"
         COMPLETE = "complete", "/api/complete"
+        ASK = "ask", "/api/ask"
+        OPENAI = "openai", "OpenAI-compatible API"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")

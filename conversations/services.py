@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from chatapi.errors import BackendError, InvalidRequest
 from conversations import llm
 from conversations.models import Conversation, Message
 from conversations.selectors import (
+    conversation_get_for_user,
     conversation_latest_for_origin,
     message_get_in_conversation,
     message_path_get,
@@ -211,7 +213,15 @@ def _validate_prompt(prompt: str, *, param: str = "prompt") -> str:
     return prompt
 
 
-def _job(*, conversation: Conversation, path: list[Message], model: str, autocontinue: bool, new: bool) -> ReplyJob:
+def _job(
+    *,
+    conversation: Conversation,
+    path: list[Message],
+    model: str,
+    autocontinue: bool,
+    new: bool,
+    params: dict[str, Any] | None = None,
+) -> ReplyJob:
     """`path` runs from the root to the user message being answered."""
     return ReplyJob(
         conversation=conversation,
@@ -220,6 +230,7 @@ def _job(*, conversation: Conversation, path: list[Message], model: str, autocon
         context=_context(conversation, path),
         autocontinue=autocontinue,
         request_is_new=new,
+        params=params or {},
     )
 
 
@@ -293,6 +304,87 @@ def complete_prepare(*, owner, content: str) -> ReplyJob:
     if conversation is None:
         conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.COMPLETE)
     return conversation_ask_prepare(conversation=conversation, prompt=content)
+
+
+def compat_ask_prepare(
+    *, owner, content: str, conversation_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None
+) -> ReplyJob:
+    """`/api/ask`: ask in the given conversation (from `parent_id`, or its current node), or in a new one."""
+    _validate_prompt(content, param="content")
+    if conversation_id is not None:
+        conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
+    else:
+        conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.ASK)
+    return conversation_ask_prepare(conversation=conversation, prompt=content, parent_id=parent_id)
+
+
+def _message_text(message: dict[str, Any], index: int) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(part.get("text", "")) for part in content)
+    raise InvalidRequest(
+        "In a stored conversation (X-Conversation-Id) message content must be text.",
+        param=f"messages[{index}].content",
+    )
+
+
+def openai_turn_prepare(
+    *,
+    owner,
+    conversation_id: str,
+    messages: list[dict[str, Any]],
+    model: str,
+    params: dict[str, Any],
+) -> ReplyJob:
+    """Stateful `/v1/chat/completions` (`X-Conversation-Id: <id>` or `new`): `messages` is only the new turn.
+
+    System (and developer) messages set the conversation's system prompt; the others are added to the
+    tree after its current node, and the reply answers the last of them, which must be the user's.
+    """
+    turn = [m for m in messages if m["role"] not in ("system", "developer")]
+    if not turn or turn[-1]["role"] != "user":
+        raise InvalidRequest("The new turn must end with a user message.", param="messages")
+    if any(m["role"] not in ("user", "assistant") for m in turn):
+        raise InvalidRequest(
+            "In a stored conversation messages are system, user or assistant messages.", param="messages"
+        )
+    texts = [(m, _message_text(m, i)) for i, m in enumerate(messages)]
+    system = "\n\n".join(text for m, text in texts if m["role"] in ("system", "developer"))
+    if conversation_id == "new":
+        conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.OPENAI)
+    else:
+        conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
+    path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
+    now = timezone.now()
+    with transaction.atomic():
+        fields = []
+        if system and system != conversation.system_prompt:
+            conversation.system_prompt = system
+            fields.append("system_prompt")
+        added = []
+        parent = path[-1] if path else None
+        for m, text in texts:
+            if m["role"] in ("system", "developer"):
+                continue
+            parent = Message(conversation=conversation, parent=parent, role=m["role"], content=text, created_at=now)
+            added.append(parent)
+            now += timedelta(microseconds=1)  # keeps them in order
+        Message.objects.bulk_create(added)
+        if not conversation.title:
+            conversation.title = title_from_prompt(next(text for m, text in texts if m["role"] == "user"))
+            fields.append("title")
+        if fields:
+            conversation.save(update_fields=fields)
+    return _job(
+        conversation=conversation,
+        path=[*path, *added],
+        model=model,
+        autocontinue=False,
+        new=True,
+        params=params,
+    )
 
 
 def message_regenerate_prepare(

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.http import StreamingHttpResponse
 
 from chatapi.errors import BackendError, error_body
 from conversations import llm
@@ -124,37 +126,49 @@ async def _ping_when_silent(channel: _Channel, interval: float) -> None:
 _store = sync_to_async(reply_store)
 
 
-async def _store_partial(job: ReplyJob, text: str, finish: str) -> Message:
-    return await _store(job=job, content=text, model=job.model, finish_details=finish, usage=None)
+@dataclass
+class Delta:
+    text: str
 
 
-def _frame(seq: int, event: str, data: dict[str, Any]) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {seq}\nevent: {event}\ndata: {payload}\n\n".encode()
+@dataclass
+class Done:
+    """The reply is complete and stored."""
+
+    reply: Message
 
 
-async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncIterator[bytes]:
-    """The SSE events of a reply: `created`, `delta`…, then `completed` or `error`; `: ping` in silences."""
-    seq = count(1)
-    reply_id = str(job.reply_id)
+@dataclass
+class Failed:
+    """The backend failed; what was generated is stored (`interrupted`, or `error` when nothing was)."""
+
+    error: BackendError
+    reply: Message
+
+
+Ping = None  # nothing happened for CHATAPI_SSE_PING_SECONDS
+
+
+async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed | None]:
+    """A reply as it is generated, stored when it ends; the formats below turn it into bytes.
+
+    If the consumer stops early (the client went away), the backend request is cancelled and the
+    text generated so far is stored as `interrupted`.
+    """
     text: list[str] = []
     stored = False
-    created = {"conversation_id": str(job.conversation.pk), "request": request_data, "response_id": reply_id}
-    yield _frame(next(seq), "created", created)
     try:
         async for item in _pieces(job):
             if item is None:
-                yield PING
+                yield Ping
             elif isinstance(item, llm.StreamChunk):
                 text.append(item.delta)
-                yield _frame(next(seq), "delta", {"id": reply_id, "delta": item.delta})
+                yield Delta(item.delta)
             elif item.error is not None:
                 finish = Message.Finish.INTERRUPTED if text else Message.Finish.ERROR
-                await _store_partial(job, "".join(text), finish)
+                reply = await _store(job=job, content="".join(text), model=job.model, finish_details=finish, usage=None)
                 stored = True
-                exc = job.backend_failed(item.error)
-                body = error_body(exc.message, type=exc.type, code=exc.code, details=exc.details)
-                yield _frame(next(seq), "error", {**body, "id": reply_id})
+                yield Failed(job.backend_failed(item.error), reply)
             else:
                 final = item.chunk
                 assert final is not None
@@ -166,36 +180,72 @@ async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) ->
                     usage=final.usage,
                 )
                 stored = True
-                yield _frame(next(seq), "completed", {"response": ReplyOutput(reply).data})
+                yield Done(reply)
     finally:
         if not stored and text:
-            # The client went away mid-stream: keep what it was sent.
-            await _store_partial(job, "".join(text), Message.Finish.INTERRUPTED)
+            await _store(
+                job=job,
+                content="".join(text),
+                model=job.model,
+                finish_details=Message.Finish.INTERRUPTED,
+                usage=None,
+            )
+
+
+def _frame(seq: int, event: str, data: dict[str, Any]) -> bytes:
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {seq}\nevent: {event}\ndata: {payload}\n\n".encode()
+
+
+async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncIterator[bytes]:
+    """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`; `: ping` in silences."""
+    seq = count(1)
+    reply_id = str(job.reply_id)
+    created = {"conversation_id": str(job.conversation.pk), "request": request_data, "response_id": reply_id}
+    yield _frame(next(seq), "created", created)
+    async for event in reply_stream(job):
+        if isinstance(event, Delta):
+            yield _frame(next(seq), "delta", {"id": reply_id, "delta": event.text})
+        elif isinstance(event, Done):
+            yield _frame(next(seq), "completed", {"response": ReplyOutput(event.reply).data})
+        elif isinstance(event, Failed):
+            exc = event.error
+            body = error_body(exc.message, type=exc.type, code=exc.code, details=exc.details)
+            yield _frame(next(seq), "error", {**body, "id": reply_id})
+        else:
+            yield PING
 
 
 async def reply_text(job: ReplyJob) -> AsyncIterator[bytes]:
-    """The reply as plain text, as it is generated (`/api/complete`)."""
-    text: list[str] = []
-    stored = False
-    try:
-        async for item in _pieces(job):
-            if isinstance(item, llm.StreamChunk):
-                text.append(item.delta)
-                yield item.delta.encode()
-            elif isinstance(item, _End) and item.error is not None:
-                await _store_partial(job, "".join(text), Message.Finish.INTERRUPTED if text else Message.Finish.ERROR)
-                stored = True
-                yield f"\n[error: {job.backend_failed(item.error).message}]\n".encode()
-            elif isinstance(item, _End) and item.chunk is not None:
-                final = item.chunk
-                await _store(
-                    job=job,
-                    content="".join(text),
-                    model=final.model or job.model,
-                    finish_details=final.finish_reason,
-                    usage=final.usage,
-                )
-                stored = True
-    finally:
-        if not stored and text:
-            await _store_partial(job, "".join(text), Message.Finish.INTERRUPTED)
+    """The reply as plain text, as it is generated (`/api/complete`); a failure ends it with `[error: …]`."""
+    async for event in reply_stream(job):
+        if isinstance(event, Delta):
+            yield event.text.encode()
+        elif isinstance(event, Failed):
+            yield f"\n[error: {event.error.message}]\n".encode()
+
+
+async def _guarded(content: AsyncIterator[bytes], on_error: Callable[[], bytes]) -> AsyncIterator[bytes]:
+    """`content`, but a bug inside it ends the stream with `on_error()` (and a log entry), not a cut connection."""
+    async with aclosing(content):
+        try:
+            async for part in content:
+                yield part
+        except Exception:
+            logger.exception("A streamed response failed")
+            yield on_error()
+
+
+def stream_response(
+    content: AsyncIterator[bytes], *, content_type: str, on_error: Callable[[], bytes]
+) -> StreamingHttpResponse:
+    """A response that sends `content` as it is produced, with nothing between it and the client buffering."""
+    response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
+    return response
+
+
+def internal_error_event() -> bytes:
+    body = error_body("Internal server error.", type="server_error", code="internal_error")
+    return _frame(0, "error", body)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -64,12 +64,11 @@ def _reply(
         reply = services.reply_generate(job=job)
         return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
     request_data = MessageOutput(job.request).data if job.request_is_new else None
-    response = StreamingHttpResponse(
-        streaming.reply_events(job, request_data=request_data), content_type="text/event-stream"
+    return streaming.stream_response(
+        streaming.reply_events(job, request_data=request_data),
+        content_type="text/event-stream",
+        on_error=streaming.internal_error_event,
     )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # tell nginx not to buffer the stream
-    return response
 
 
 def _conversation_detail(conversation: Conversation) -> dict[str, Any]:

@@ -1,0 +1,434 @@
+"""The OpenAI-compatible API (`/v1/chat/completions`, `/v1/models`), so any OpenAI SDK or tool can use chatapi.
+
+Requests and responses are OpenAI's own, errors too (`{"error": {"message", "type", "param", "code"}}`
+with OpenAI's status codes), so the official SDKs raise the exception classes they would against
+OpenAI. Without `X-Conversation-Id` nothing is stored but the key's token usage; with it, the turn
+and the reply join that conversation's tree (see services.openai_turn_prepare).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpResponseBase, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.services import api_key_usage_record
+from chatapi.errors import BackendError, InvalidRequest, NotFound, exception_handler
+from chatapi.negotiation import StreamFriendlyNegotiation
+from conversations import llm, services, streaming
+from conversations.models import Message
+from conversations.views import api_key_id
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# OpenAI's Chat Completions parameters that are passed to the backend as they are; others are dropped.
+PASSTHROUGH = {
+    "audio",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "metadata",
+    "modalities",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "reasoning_effort",
+    "response_format",
+    "seed",
+    "service_tier",
+    "stop",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "web_search_options",
+}
+_NUMBER_RANGES = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+_POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
+STARTED = int(time.time())
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """Errors in OpenAI's shape and with its statuses (an unknown model is a 404, a backend 429 a 429)."""
+    if isinstance(exc, InvalidRequest) and exc.code == "model_not_found":
+        exc = NotFound(exc.message, code="model_not_found", param=exc.param)
+    elif isinstance(exc, BackendError) and exc.code == "backend_rate_limited":
+        exc.status_code, exc.type = 429, "rate_limit_error"
+    response = exception_handler(exc, context)
+    error = response.data["error"]
+    response.data = {
+        "error": {"message": error["message"], "type": error["type"], "param": error["param"], "code": error["code"]}
+    }
+    return response
+
+
+# --- request --------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any], bool, bool]:
+    """(model, messages, backend params, stream, include_usage) from a Chat Completions body."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty array.", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
+        if message.get("role") not in ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{i}].role"
+            )
+        content = message.get("content")
+        if content is None and message["role"] != "assistant":
+            raise InvalidRequest(f"messages[{i}].content is required.", param=f"messages[{i}].content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string or an array of parts.", param=f"messages[{i}].content"
+            )
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("model must be a string.", param="model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream must be a boolean.", param="stream")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise InvalidRequest("stream_options must be an object.", param="stream_options")
+    params = {key: value for key, value in body.items() if key in PASSTHROUGH and value is not None}
+    for key, (low, high) in _NUMBER_RANGES.items():
+        if key in params and (not _number(params[key]) or not low <= params[key] <= high):
+            raise InvalidRequest(f"{key} must be a number from {low:g} to {high:g}.", param=key)
+    for key in _POSITIVE_INTS:
+        if key in params and (not isinstance(params[key], int) or isinstance(params[key], bool) or params[key] < 1):
+            raise InvalidRequest(f"{key} must be a whole number of at least 1.", param=key)
+    if "seed" in params and (not isinstance(params["seed"], int) or isinstance(params["seed"], bool)):
+        raise InvalidRequest("seed must be a whole number.", param="seed")
+    stop = params.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= 4)
+    ):
+        raise InvalidRequest("stop must be a string or an array of up to 4 strings.", param="stop")
+    return llm.model_resolve(model), messages, params, stream, bool(stream_options.get("include_usage"))
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def _usage_dict(usage: llm.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _completion_from_reply(reply: Message) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{reply.pk.hex}",
+        "object": "chat.completion",
+        "created": int(reply.created_at.timestamp()),
+        "model": reply.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": reply.finish_details,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens or 0,
+            "completion_tokens": reply.completion_tokens or 0,
+            "total_tokens": reply.total_tokens or 0,
+        },
+    }
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _error_data(exc: BackendError) -> bytes:
+    return _data({"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
+
+
+_record_usage = sync_to_async(api_key_usage_record)
+
+
+async def stateless_chunks(
+    *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], include_usage: bool, key_id: Any
+) -> AsyncIterator[bytes]:
+    """The backend's chunks forwarded as they come; only the key's usage is recorded."""
+    usage: llm.Usage | None = None
+    text: list[str] = []
+    chunks = llm.chat_completion_chunks(model=model, messages=messages, params=params)
+    last: Any = None
+    try:
+        async for chunk in chunks:
+            last = chunk
+            if chunk.usage is not None:
+                usage = llm.Usage(
+                    chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, chunk.usage.total_tokens or 0
+                )
+                if not chunk.choices:
+                    continue  # sent below, and only when asked for
+            for choice in chunk.choices:
+                if choice.index == 0 and choice.delta is not None and choice.delta.content:
+                    text.append(choice.delta.content)
+            payload = chunk.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            if not include_usage:
+                payload.pop("usage", None)
+            yield _data(payload)
+        if usage is None:
+            usage = llm.estimate_usage(messages, "".join(text))
+        if include_usage and last is not None:
+            yield _data(
+                {
+                    "id": last.id,
+                    "object": "chat.completion.chunk",
+                    "created": last.created,
+                    "model": last.model,
+                    "choices": [],
+                    "usage": _usage_dict(usage),
+                }
+            )
+        yield DONE
+    except BackendError as exc:
+        yield _error_data(exc)
+    finally:
+        await chunks.aclose()
+        if key_id is not None:
+            final = usage or llm.estimate_usage(messages, "".join(text))
+            await _record_usage(
+                api_key_id=key_id, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens
+            )
+
+
+async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> AsyncIterator[bytes]:
+    """A stored reply's pieces as `chat.completion.chunk` events; stored when the stream ends."""
+    base = {
+        "id": f"chatcmpl-{job.reply_id.hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": job.model,
+    }
+    yield _data(
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    )
+    async for event in streaming.reply_stream(job):
+        if isinstance(event, streaming.Delta):
+            yield _data({**base, "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}]})
+        elif isinstance(event, streaming.Done):
+            reply = event.reply
+            finish = {"index": 0, "delta": {}, "finish_reason": reply.finish_details}
+            yield _data({**base, "model": reply.model, "choices": [finish]})
+            if include_usage:
+                usage = llm.Usage(reply.prompt_tokens or 0, reply.completion_tokens or 0, reply.total_tokens or 0)
+                yield _data({**base, "model": reply.model, "choices": [], "usage": _usage_dict(usage)})
+            yield DONE
+        elif isinstance(event, streaming.Failed):
+            yield _error_data(event.error)
+
+
+def _internal_error() -> bytes:
+    return _data({"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}})
+
+
+def _event_stream(content: AsyncIterator[bytes], conversation_id: str | None = None) -> StreamingHttpResponse:
+    response = streaming.stream_response(content, content_type="text/event-stream", on_error=_internal_error)
+    if conversation_id is not None:
+        response["X-Conversation-Id"] = conversation_id
+    return response
+
+
+# --- views ----------------------------------------------------------------------------------
+
+
+class _OpenAIView(APIView):
+    parser_classes = [JSONParser]
+    content_negotiation_class = StreamFriendlyNegotiation
+
+    def get_exception_handler(self):
+        return openai_exception_handler
+
+
+class OpenAIMessage(serializers.Serializer):
+    role = serializers.ChoiceField(choices=sorted(ROLES))
+    content = serializers.JSONField(help_text="A string, or an array of content parts.")
+
+
+class ChatCompletionRequest(serializers.Serializer):
+    model = serializers.CharField(
+        required=False, help_text='A model of GET /v1/models; omitted or "auto": the default.'
+    )
+    messages = OpenAIMessage(many=True)
+    stream = serializers.BooleanField(required=False, default=False)
+    stream_options = serializers.DictField(required=False, help_text='`{"include_usage": true}`')
+    temperature = serializers.FloatField(required=False)
+    top_p = serializers.FloatField(required=False)
+    max_tokens = serializers.IntegerField(required=False)
+    max_completion_tokens = serializers.IntegerField(required=False)
+    stop = serializers.JSONField(required=False)
+    seed = serializers.IntegerField(required=False)
+    presence_penalty = serializers.FloatField(required=False)
+    frequency_penalty = serializers.FloatField(required=False)
+    user = serializers.CharField(required=False)
+    response_format = serializers.DictField(required=False)
+
+
+class ChatCompletionResponse(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = serializers.ListField(child=serializers.DictField())
+    usage = serializers.DictField()
+
+
+class OpenAIErrorDetail(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+
+
+class OpenAIError(serializers.Serializer):
+    error = OpenAIErrorDetail()
+
+
+OPENAI_ERRORS = {
+    status: OpenApiResponse(OpenAIError, description=description)
+    for status, description in [
+        (400, "Invalid request."),
+        (401, "No API key, or an unknown, revoked or expired one."),
+        (404, "Unknown model, or unknown conversation in X-Conversation-Id."),
+        (429, "The backend is over capacity or quota."),
+        (502, "The model backend answered with an error."),
+        (503, "No model backend reachable."),
+        (504, "The model backend timed out."),
+    ]
+}
+
+
+class ChatCompletionsView(_OpenAIView):
+    @extend_schema(
+        operation_id="openai_chat_completions",
+        request=ChatCompletionRequest,
+        parameters=[
+            OpenApiParameter(
+                "X-Conversation-Id",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="A conversation id, or `new`: store the turn and the reply in that conversation.",
+            )
+        ],
+        responses={200: ChatCompletionResponse, **OPENAI_ERRORS},
+        description=(
+            "OpenAI's Chat Completions. With `stream`, `chat.completion.chunk` events and `data: [DONE]`. "
+            "With `X-Conversation-Id` (an id or `new`), `messages` holds only the new turn: the service "
+            "prepends the conversation's branch and system prompt, stores the turn and the reply, and "
+            "answers with the header `X-Conversation-Id`."
+        ),
+    )
+    def post(self, request: Request) -> HttpResponseBase:
+        model, messages, params, stream, include_usage = validate_request(request.data)
+        key_id = api_key_id(request)
+        conversation_id = request.headers.get("X-Conversation-Id", "").strip()
+        if conversation_id:
+            job = services.openai_turn_prepare(
+                owner=request.user, conversation_id=conversation_id, messages=messages, model=model, params=params
+            )
+            job.api_key_id = key_id
+            cid = str(job.conversation.pk)
+            if stream:
+                return _event_stream(stateful_chunks(job, include_usage=include_usage), cid)
+            reply = services.reply_generate(job=job)
+            return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
+        if stream:
+            content = stateless_chunks(
+                model=model, messages=messages, params=params, include_usage=include_usage, key_id=key_id
+            )
+            return _event_stream(content)
+        completion = llm.chat_completion(model=model, messages=messages, params=params)
+        body = completion.to_dict(mode="json")
+        usage = completion.usage
+        if usage is None:
+            text = completion.choices[0].message.content or "" if completion.choices else ""
+            estimated = llm.estimate_usage(messages, text)
+            body["usage"] = _usage_dict(estimated)
+            prompt_tokens, completion_tokens = estimated.prompt_tokens, estimated.completion_tokens
+        else:
+            prompt_tokens, completion_tokens = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        if key_id is not None:
+            api_key_usage_record(api_key_id=key_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return Response(body)
+
+
+class ModelOutput(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelListOutput(serializers.Serializer):
+    object = serializers.CharField()
+    data = ModelOutput(many=True)
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": STARTED,
+        "owned_by": "chatapi" if name == llm.ECHO_MODEL else "system",
+    }
+
+
+class ModelListView(_OpenAIView):
+    @extend_schema(operation_id="openai_models_list", responses={200: ModelListOutput, **OPENAI_ERRORS})
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": [_model(name) for name in settings.CHATAPI_MODELS]})
+
+
+class ModelDetailView(_OpenAIView):
+    @extend_schema(
+        operation_id="openai_models_retrieve",
+        parameters=[OpenApiParameter("model", OpenApiTypes.STR, OpenApiParameter.PATH)],
+        responses={200: ModelOutput, **OPENAI_ERRORS},
+    )
+    def get(self, request: Request, model: str) -> Response:
+        if model not in settings.CHATAPI_MODELS:
+            raise NotFound(f"The model {model!r} does not exist.", code="model_not_found", param="model")
+        return Response(_model(model))
