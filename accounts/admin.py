@@ -20,7 +20,7 @@ class APIKeyInline(admin.TabularInline):
     """A user's keys, read-only: keys are made with the action or on the API key page, and revoked there."""
 
     model = APIKey
-    fields = ("prefix", "name", "status", "created_at", "last_used_at", "expires_at", "revoked_at")
+    fields = ("prefix", "name", "status", "created_at", "last_used_at", "expires_at", "revoked_at", "total_tokens")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -42,7 +42,7 @@ class APIKeyInline(admin.TabularInline):
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
-    list_display = ("username", "email", "name", "is_staff", "active_keys")
+    list_display = ("username", "email", "name", "is_staff", "active_keys", "tokens_used")
     inlines = [APIKeyInline]
     actions = ["create_api_key"]
 
@@ -56,6 +56,10 @@ class UserAdmin(DjangoUserAdmin):
     @admin.display(description="active keys", ordering="active_key_count")
     def active_keys(self, obj: User) -> int:
         return obj.active_key_count
+
+    @admin.display(description="tokens used", ordering="total_tokens")
+    def tokens_used(self, obj: User) -> int:
+        return obj.total_tokens
 
     def has_create_api_key_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.add_apikey")
@@ -100,8 +104,9 @@ class APIKeyAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("user", "name", "prefix", "status")}),
         ("Dates", {"fields": ("created_at", "last_used_at", "expires_at", "revoked_at")}),
+        ("Usage", {"fields": ("request_count", "prompt_tokens", "completion_tokens", "total_tokens")}),
     )
-    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "expires_at", "status")
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "expires_at", "status", "total_tokens")
     list_filter = (APIKeyStatusFilter, "created_at", "last_used_at", "expires_at")
     list_select_related = ("user",)
     search_fields = ("user__username", "user__email", "name", "lookup_id")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import KEY_PREFIX, APIKey, User
@@ -67,8 +68,12 @@ def api_key_get_by_id_or_prefix(*, ident: str) -> APIKey | None:
 
 
 def user_annotate_active_key_count(users: QuerySet[User]) -> QuerySet[User]:
-    """`users`, each with `active_key_count`: its keys that are neither revoked nor expired, in the same query."""
-    return users.annotate(active_key_count=Count("api_keys", filter=api_key_active_q("api_keys__")))
+    """`users`, each with `active_key_count` (its keys neither revoked nor expired) and `total_tokens`
+    (the usage of all its keys), in the same query."""
+    return users.annotate(
+        active_key_count=Count("api_keys", filter=api_key_active_q("api_keys__")),
+        total_tokens=Coalesce(Sum("api_keys__total_tokens"), 0),
+    )
 
 
 def user_list_with_key_counts() -> QuerySet[User]:

@@ -177,6 +177,17 @@ class Client:
             await response.read()
             return time.perf_counter() - started, response.status == 201
 
+    async def v1(self, stream: bool = False, conversation_id: str | None = None) -> tuple[float, bool]:
+        """`/v1/chat/completions` through the service: stateless, or stateful with X-Conversation-Id."""
+        started = time.perf_counter()
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
+        headers = {**self.auth, "X-Conversation-Id": conversation_id} if conversation_id else self.auth
+        async with self.session.post(
+            f"{self.stack.service_url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            await response.read()
+            return time.perf_counter() - started, response.status == 200
+
     async def direct(self, stream: bool = False) -> tuple[float, bool]:
         started = time.perf_counter()
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
@@ -256,6 +267,32 @@ async def scenario_overhead(client: Client, n: int) -> dict[str, Any]:
         "overhead_p50_ms": (pct(service, 50) - pct(direct, 50)) * ms,
         "overhead_p99_ms": (pct(service, 99) - pct(direct, 99)) * ms,
     }
+
+
+async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
+    """The stateless OpenAI-compatible path side by side with the backend, then a stateful request."""
+    out: dict[str, Any] = {}
+    for stream in (False, True):
+        for _ in range(20):
+            await client.v1(stream)
+            await client.direct(stream)
+        service, direct = [], []
+        for _ in range(n):
+            service.append((await client.v1(stream))[0])
+            direct.append((await client.direct(stream))[0])
+        name = "stream" if stream else "non_stream"
+        # A stream's total time is dominated by the backend's 50 × 20 ms: overhead is the difference.
+        out[f"{name}_service_p50_ms"] = pct(service, 50) * 1000
+        out[f"{name}_direct_p50_ms"] = pct(direct, 50) * 1000
+        out[f"{name}_overhead_p50_ms"] = (pct(service, 50) - pct(direct, 50)) * 1000
+        out[f"{name}_overhead_p99_ms"] = (pct(service, 99) - pct(direct, 99)) * 1000
+    conversation_id, _ = await client.new_conversation()
+    stateful = [(await client.v1(False, conversation_id))[0] for _ in range(min(n, 100))]
+    out["stateful_p50_ms"] = pct(stateful, 50) * 1000
+    latencies, errors, wall = await run_fixed(16, 400 if n <= 100 else 2000, lambda i: client.v1(False))
+    out["c16_req_per_s"] = len(latencies) / wall
+    out["c16_errors"] = errors
+    return out
 
 
 async def scenario_throughput(client: Client, concurrency: int, total: int) -> dict[str, Any]:
@@ -401,6 +438,9 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         if wanted("overhead"):
             print("… overhead of a non-streaming ask (concurrency 1)", flush=True)
             results["overhead_c1"] = await scenario_overhead(client, n)
+        if wanted("v1"):
+            print("… /v1/chat/completions (stateless, stream and not; one stateful)", flush=True)
+            results["v1"] = await scenario_v1(client, n)
         results["throughput"] = []
         for concurrency in (16, 64) if wanted("throughput") else ():
             print(f"… throughput at concurrency {concurrency}", flush=True)
@@ -438,6 +478,24 @@ def report(results: dict[str, Any]) -> str:
                 f"(service p50 {o['service_p50_ms']:.2f} ms, direct p50 {o['direct_p50_ms']:.2f} ms)",
             )
         )
+    if "v1" in results:
+        v = results["v1"]
+        rows.append(
+            (
+                "/v1 stateless overhead, c=1",
+                f"p50 {v['non_stream_overhead_p50_ms']:.2f} ms, p99 {v['non_stream_overhead_p99_ms']:.2f} ms "
+                f"(service p50 {v['non_stream_service_p50_ms']:.2f} ms, direct {v['non_stream_direct_p50_ms']:.2f} ms)",
+            )
+        )
+        rows.append(
+            (
+                "/v1 stateless stream overhead, c=1",
+                f"p50 {v['stream_overhead_p50_ms']:.2f} ms (whole stream: service {v['stream_service_p50_ms']:.0f} ms, "
+                f"direct {v['stream_direct_p50_ms']:.0f} ms)",
+            )
+        )
+        rows.append(("/v1 stateless throughput, c=16", f"{v['c16_req_per_s']:.0f} req/s, {v['c16_errors']} errors"))
+        rows.append(("/v1 stateful request, c=1", f"p50 {v['stateful_p50_ms']:.2f} ms"))
     for t in results["throughput"]:
         rows.append(
             (
@@ -477,7 +535,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["overhead", "throughput", "ttfb", "streams", "queries"],
+        choices=["overhead", "v1", "throughput", "ttfb", "streams", "queries"],
         help="run only these scenarios",
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))

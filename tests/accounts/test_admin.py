@@ -299,3 +299,20 @@ def test_deleting_a_conversation_deletes_its_messages(admin, user):
     assert not Conversation.objects.filter(pk=doomed.pk).exists()
     assert not Message.objects.filter(conversation_id=doomed.pk).exists()
     assert Message.objects.filter(conversation=kept).count() == 2
+
+
+def test_token_usage_is_shown_per_key_and_per_user(admin, user, backend):
+    first, first_raw = api_key_create(user=user, name="one")
+    second, second_raw = api_key_create(user=user, name="two")
+    for raw in (first_raw, second_raw):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        assert client.post("/conversations/new", {"prompt": "count my tokens"}, format="json").status_code == 201
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.request_count == second.request_count == 1
+    assert first.total_tokens > 0
+    users = admin.get("/admin/accounts/user/").content.decode()
+    assert f'<td class="field-tokens_used">{first.total_tokens + second.total_tokens}</td>' in users
+    keys = admin.get("/admin/accounts/apikey/").content.decode()
+    assert f'<td class="field-total_tokens">{first.total_tokens}</td>' in keys
