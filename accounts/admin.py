@@ -12,11 +12,12 @@ from django.http import HttpRequest, HttpResponse
 
 from accounts import selectors, services
 from accounts.models import APIKey, User
+from chatapi.admin_mixins import ReadOnlyInlineMixin
 
 SHOWN_ONCE = "Copy it now: it will not be shown again."
 
 
-class APIKeyInline(admin.TabularInline):
+class APIKeyInline(ReadOnlyInlineMixin, admin.TabularInline):
     """A user's keys, read-only: keys are made with the action or on the API key page, and revoked there."""
 
     model = APIKey
@@ -29,15 +30,6 @@ class APIKeyInline(admin.TabularInline):
     @admin.display(description="status")
     def status(self, obj: APIKey) -> str:
         return selectors.api_key_status(api_key=obj)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(User)

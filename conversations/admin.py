@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils.text import Truncator
 
+from chatapi.admin_mixins import ReadOnlyInlineMixin
 from conversations.models import Conversation, Message
 
 
-class MessageInline(admin.TabularInline):
+class MessageInline(ReadOnlyInlineMixin, admin.TabularInline):
     """The conversation's messages, oldest first. Only the services write messages (the tree has rules)."""
 
     model = Message
@@ -36,15 +35,6 @@ class MessageInline(admin.TabularInline):
     def parent_ref(self, obj: Message) -> str:
         # The id, not str(parent): that would cost one query per message.
         return str(obj.parent_id) if obj.parent_id else "-"
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Conversation)
