@@ -10,6 +10,7 @@ from django.core.exceptions import (
     RequestDataTooBig,
     SuspiciousOperation,
 )
+from django.db import IntegrityError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -52,6 +53,12 @@ class NotFound(ApplicationError):
     code = "not_found"
 
 
+class Conflict(ApplicationError):
+    status_code = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
 class BackendError(ApplicationError):
     """The model backend answered with an error."""
 
@@ -70,6 +77,12 @@ class BackendUnavailable(BackendError):
 class BackendTimeout(BackendError):
     status_code = 504
     code = "backend_timeout"
+
+
+CONCURRENT_CHANGE = Conflict(
+    "The conversation was changed by another request at the same time; nothing was stored. Try again.",
+    code="concurrent_change",
+)
 
 
 def error_body(
@@ -116,6 +129,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, ApplicationError):
         body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param, details=exc.details)
         return Response(body, status=exc.status_code, headers=exc.headers)
+
+    if isinstance(exc, IntegrityError):
+        # Two requests changed the same conversation at once (say, a reply being stored while its
+        # prompt was deleted): the database refused the second, so nothing half-written is left.
+        logger.info("Conflicting write refused by the database: %s", exc)
+        exc = CONCURRENT_CHANGE
+        body = error_body(exc.message, type=exc.type, code=exc.code)
+        return Response(body, status=exc.status_code)
 
     if isinstance(exc, Http404):
         exc = drf.NotFound()

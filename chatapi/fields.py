@@ -26,12 +26,17 @@ class StrictCharField(serializers.CharField):
 
 
 class StrictBooleanField(serializers.BooleanField):
-    """true/false as JSON booleans or the strings "true"/"false" (forms send strings); nothing else."""
+    """true/false as JSON booleans or the strings "true"/"false" (forms send strings); nothing else,
+    not even 1 or 0."""
 
     default_error_messages = {"invalid": 'Must be a boolean: true or false (or the strings "true"/"false").'}
-    TRUE_VALUES = {True, "true", "True", "TRUE"}
-    FALSE_VALUES = {False, "false", "False", "FALSE"}
-    NULL_VALUES: set[Any] = set()
+
+    def to_internal_value(self, data: Any) -> bool:
+        if isinstance(data, bool):
+            return data
+        if isinstance(data, str) and data.lower() in ("true", "false"):
+            return data.lower() == "true"
+        self.fail("invalid")
 
 
 class StrictIntegerField(serializers.IntegerField):

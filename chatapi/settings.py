@@ -81,7 +81,13 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; a busy timeout waits instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20}
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "timeout": 20,
+            # Take the write lock when a transaction starts, so that concurrent writers wait their turn
+            # (busy timeout) instead of failing with "database is locked" halfway through.
+            "transaction_mode": "IMMEDIATE",
+        }
     )
     # A local file cannot drop a connection the way a network server can: no check per request.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = False

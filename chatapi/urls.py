@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.urls import URLPattern, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import (
     SpectacularAPIView,
     SpectacularRedocView,
@@ -59,13 +60,15 @@ urlpatterns = [
     api_route("api/ask", AskView.as_view(), "compat-ask"),
     api_route("v1/chat/completions", ChatCompletionsView.as_view(), "openai-chat-completions"),
     api_route("v1/models", ModelListView.as_view(), "openai-models"),
-    api_route(r"v1/models/(?P<model>[^/]+)", ModelDetailView.as_view(), "openai-model"),
+    api_route(r"v1/models/(?P<model>.+?)", ModelDetailView.as_view(), "openai-model"),  # ids may hold "/"
     api_route("healthz", healthz, "healthz"),
     api_route("readyz", readyz, "readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("admin/", admin.site.urls),
+    # The pages above live at their slashed address; without the slash, a redirect (GET only).
+    *(path(page, RedirectView.as_view(url=f"/{page}/")) for page in ("api/schema", "docs", "redoc", "admin")),
 ]
 
 

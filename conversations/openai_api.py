@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.services import api_key_usage_record
-from chatapi.errors import BackendError, InvalidRequest, NotFound, exception_handler
+from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
 from conversations import llm, services, streaming
 from conversations.models import Message
@@ -92,6 +92,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _check_text(value: Any, param: str) -> None:
+    """No NUL characters (no database stores them) and no lone surrogates (not encodable) in any text."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest(f"{param} must not contain NUL characters.", param=param)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"{param} must be valid Unicode text.", param=param) from None
+    elif isinstance(value, list):
+        for part in value:
+            if isinstance(part, dict):
+                _check_text(part.get("text"), param)
+            else:
+                raise InvalidRequest(f"{param} parts must be objects.", param=param)
+
+
 def validate_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any], bool, bool]:
     """(model, messages, backend params, stream, include_usage) from a Chat Completions body."""
     if not isinstance(body, dict):
@@ -102,7 +119,7 @@ def validate_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, An
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
-        if message.get("role") not in ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise InvalidRequest(
                 f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{i}].role"
             )
@@ -113,6 +130,7 @@ def validate_request(body: Any) -> tuple[str, list[dict[str, Any]], dict[str, An
             raise InvalidRequest(
                 f"messages[{i}].content must be a string or an array of parts.", param=f"messages[{i}].content"
             )
+        _check_text(content, f"messages[{i}].content")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequest("model must be a string.", param="model")
@@ -179,7 +197,7 @@ def _data(payload: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def _error_data(exc: BackendError) -> bytes:
+def _error_data(exc: ApplicationError) -> bytes:
     return _data({"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
 
 
@@ -373,7 +391,12 @@ class ChatCompletionsView(_OpenAIView):
             cid = str(job.conversation.pk)
             if stream:
                 return _event_stream(stateful_chunks(job, include_usage=include_usage), cid)
-            reply = services.reply_generate(job=job)
+            try:
+                reply = services.reply_generate(job=job)
+            except ApplicationError as exc:
+                # The turn is stored: the client needs the conversation's id to retry in it.
+                exc.headers = {**exc.headers, "X-Conversation-Id": cid}
+                raise
             return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
         if stream:
             content = stateless_chunks(

@@ -74,7 +74,7 @@ class MessageListQuery(serializers.Serializer):
 
 class ConversationListQuery(serializers.Serializer):
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
-    offset = serializers.IntegerField(required=False, default=0, min_value=0)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**9)
     q = StrictCharField(required=False, allow_blank=True, default="", help_text="Search in titles.")
     order = serializers.ChoiceField(
         required=False,

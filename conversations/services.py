@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.services import api_key_usage_record
-from chatapi.errors import BackendError, InvalidRequest
+from chatapi.errors import BackendError, InvalidRequest, NotFound
 from conversations import llm
 from conversations.models import Conversation, Message
 from conversations.selectors import (
@@ -150,6 +150,17 @@ class ReplyJob:
         return exc
 
 
+def _lock(conversation: Conversation) -> None:
+    """Lock the conversation's row until the transaction ends, so that writes to one conversation take
+    turns (PostgreSQL; SQLite's IMMEDIATE transactions already do), and refresh its current node.
+    A conversation deleted meanwhile is a 404."""
+    rows = Conversation.objects.select_for_update().filter(pk=conversation.pk).values_list("current_node_id")
+    locked = list(rows)
+    if not locked:
+        raise NotFound("Conversation not found: it was deleted.", code="conversation_not_found")
+    conversation.current_node_id = locked[0][0]
+
+
 def reply_store(
     *,
     job: ReplyJob,
@@ -165,6 +176,7 @@ def reply_store(
     if usage is None and finish_details != Message.Finish.ERROR:
         usage = llm.estimate_usage(job.context, content)
     with transaction.atomic():
+        _lock(conversation)
         if usage is not None and job.api_key_id is not None:
             api_key_usage_record(
                 api_key_id=job.api_key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
@@ -249,22 +261,24 @@ def conversation_ask_prepare(
     """
     _validate_prompt(prompt)
     chosen_model = llm.model_resolve(model or conversation.model)
-    if parent_id is not None:
-        path = message_path_or_400(conversation=conversation, leaf_id=parent_id, param="parent_id")
-    else:
-        path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
-    now = timezone.now()
-    request = Message.objects.create(
-        conversation=conversation,
-        parent=path[-1] if path else None,
-        role=Message.Role.USER,
-        content=prompt,
-        created_at=now,
-    )
-    if not conversation.title:
-        conversation.title = title_from_prompt(prompt)
-        conversation.updated_at = now
-        conversation.save(update_fields=["title", "updated_at"])
+    with transaction.atomic():
+        _lock(conversation)
+        if parent_id is not None:
+            path = message_path_or_400(conversation=conversation, leaf_id=parent_id, param="parent_id")
+        else:
+            path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
+        now = timezone.now()
+        request = Message.objects.create(
+            conversation=conversation,
+            parent=path[-1] if path else None,
+            role=Message.Role.USER,
+            content=prompt,
+            created_at=now,
+        )
+        if not conversation.title:
+            conversation.title = title_from_prompt(prompt)
+            conversation.updated_at = now
+            conversation.save(update_fields=["title", "updated_at"])
     job_path = [*path, request]
     return _job(conversation=conversation, path=job_path, model=chosen_model, autocontinue=autocontinue, new=True)
 
@@ -313,6 +327,8 @@ def compat_ask_prepare(
     _validate_prompt(content, param="content")
     if conversation_id is not None:
         conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
+    elif parent_id is not None:
+        raise InvalidRequest("parent_id needs the conversation_id it belongs to.", param="parent_id")
     else:
         conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.ASK)
     return conversation_ask_prepare(conversation=conversation, prompt=content, parent_id=parent_id)
@@ -352,13 +368,14 @@ def openai_turn_prepare(
         )
     texts = [(m, _message_text(m, i)) for i, m in enumerate(messages)]
     system = "\n\n".join(text for m, text in texts if m["role"] in ("system", "developer"))
-    if conversation_id == "new":
-        conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.OPENAI)
-    else:
-        conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
-    path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
-    now = timezone.now()
     with transaction.atomic():
+        if conversation_id == "new":
+            conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.OPENAI)
+        else:
+            conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
+            _lock(conversation)
+        path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
+        now = timezone.now()
         fields = []
         if system and system != conversation.system_prompt:
             conversation.system_prompt = system
@@ -368,7 +385,16 @@ def openai_turn_prepare(
         for m, text in texts:
             if m["role"] in ("system", "developer"):
                 continue
-            parent = Message(conversation=conversation, parent=parent, role=m["role"], content=text, created_at=now)
+            # Assistant turns the client sends are earlier replies it already has: complete ones.
+            finish = Message.Finish.STOP if m["role"] == "assistant" else None
+            parent = Message(
+                conversation=conversation,
+                parent=parent,
+                role=m["role"],
+                content=text,
+                finish_details=finish,
+                created_at=now,
+            )
             added.append(parent)
             now += timedelta(microseconds=1)  # keeps them in order
         Message.objects.bulk_create(added)
@@ -411,6 +437,7 @@ def message_regenerate(**kwargs) -> Message:
 def message_delete(*, conversation: Conversation, message: Message) -> int:
     """Delete `message` and its whole subtree; `current_node` falls back to the parent if it was inside."""
     with transaction.atomic():
+        _lock(conversation)
         ids = message_subtree_ids(root=message)
         if conversation.current_node_id in set(ids):
             conversation.current_node_id = message.parent_id
@@ -430,7 +457,7 @@ def conversation_fork(
     base_title = conversation.title or "Conversation"
     with transaction.atomic():
         fork = Conversation.objects.create(
-            owner=conversation.owner,
+            owner_id=conversation.owner_id,
             title=title.strip() or f"{base_title} (fork)"[:255],
             model=conversation.model,
             system_prompt=conversation.system_prompt,

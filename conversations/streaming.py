@@ -19,9 +19,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import IntegrityError
 from django.http import StreamingHttpResponse
 
-from chatapi.errors import BackendError, error_body
+from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
 from conversations import llm
 from conversations.models import Message
 from conversations.serializers import ReplyOutput
@@ -140,13 +141,23 @@ class Done:
 
 @dataclass
 class Failed:
-    """The backend failed; what was generated is stored (`interrupted`, or `error` when nothing was)."""
+    """The backend failed (what was generated is stored: `interrupted`, or `error` when nothing was),
+    or the reply could not be stored (the conversation was deleted or changed meanwhile: no `reply`)."""
 
-    error: BackendError
-    reply: Message
+    error: ApplicationError
+    reply: Message | None
 
 
 Ping = None  # nothing happened for CHATAPI_SSE_PING_SECONDS
+
+
+async def _store_reply(job: ReplyJob, **fields: Any) -> tuple[Message | None, ApplicationError | None]:
+    try:
+        return await _store(job=job, **fields), None
+    except ApplicationError as exc:
+        return None, exc
+    except IntegrityError:
+        return None, CONCURRENT_CHANGE
 
 
 async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed | None]:
@@ -166,30 +177,34 @@ async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed | N
                 yield Delta(item.delta)
             elif item.error is not None:
                 finish = Message.Finish.INTERRUPTED if text else Message.Finish.ERROR
-                reply = await _store(job=job, content="".join(text), model=job.model, finish_details=finish, usage=None)
                 stored = True
+                reply, _ = await _store_reply(
+                    job, content="".join(text), model=job.model, finish_details=finish, usage=None
+                )
                 yield Failed(job.backend_failed(item.error), reply)
             else:
                 final = item.chunk
                 assert final is not None
-                reply = await _store(
-                    job=job,
+                stored = True
+                reply, error = await _store_reply(
+                    job,
                     content="".join(text),
                     model=final.model or job.model,
                     finish_details=final.finish_reason,
                     usage=final.usage,
                 )
-                stored = True
-                yield Done(reply)
+                yield Done(reply) if reply is not None else Failed(error or CONCURRENT_CHANGE, None)
     finally:
         if not stored and text:
-            await _store(
-                job=job,
+            reply, error = await _store_reply(
+                job,
                 content="".join(text),
                 model=job.model,
                 finish_details=Message.Finish.INTERRUPTED,
                 usage=None,
             )
+            if error is not None:
+                logger.info("The interrupted reply of a stream could not be stored: %s", error.message)
 
 
 def _frame(seq: int, event: str, data: dict[str, Any]) -> bytes:

@@ -169,3 +169,12 @@ def test_bad_messages_query_is_400(api, conversation_id):
 def test_wrong_method_is_405(api, conversation_id):
     assert_error(api.get("/conversations/new"), 405)
     assert_error(api.put(f"/conversations/{conversation_id}", {"title": "x"}, format="json"), 405)
+
+
+def test_huge_offset_is_400(api):
+    assert_error(api.get("/conversations", {"offset": 10**20}), 400, param="offset")
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", "1"])
+def test_booleans_are_true_or_false_only(api, backend, value):
+    assert_error(api.post("/conversations/new", {"prompt": "x", "stream": value}, format="json"), 400, param="stream")

@@ -80,3 +80,9 @@ def test_ask_in_another_users_conversation_is_404(api, other_api, backend):
     theirs = other_api.post("/api/ask", {"content": "private"}, format="json").json()
     response = api.post("/api/ask", {"content": "x", "conversation_id": theirs["conversation_id"]}, format="json")
     assert response.status_code == 404
+
+
+def test_ask_with_parent_but_no_conversation_is_400_and_stores_nothing(api, backend):
+    response = api.post("/api/ask", {"content": "x", "parent_id": str(uuid.uuid4())}, format="json")
+    assert response.status_code == 400
+    assert Conversation.objects.count() == 0

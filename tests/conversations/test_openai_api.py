@@ -228,3 +228,47 @@ def test_usage_is_visible_per_key(sdk, backend, key, live_url):
     usage = next(k["usage"] for k in keys if k["name"] == "sdk")
     assert usage["requests"] == 1
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ({"role": ["user"], "content": "x"}, "messages[0].role"),
+        ({"role": "user", "content": "a\u0000b"}, "messages[0].content"),
+        ({"role": "user", "content": "\ud800"}, "messages[0].content"),
+        ({"role": "user", "content": [{"type": "text", "text": "a\u0000"}]}, "messages[0].content"),
+        ({"role": "user", "content": 5}, "messages[0].content"),
+    ],
+)
+def test_bad_messages_are_400_and_store_nothing(live_url, key, backend, message, param):
+    import json
+
+    import requests
+
+    for conversation in (None, "new"):
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        if conversation:
+            headers["X-Conversation-Id"] = conversation
+        body = json.dumps({"model": "test-model", "messages": [message]}, ensure_ascii=True)
+        response = requests.post(f"{live_url}/v1/chat/completions", data=body, headers=headers, timeout=10)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+    assert Conversation.objects.count() == 0
+    assert backend.requests == []
+
+
+def test_stateful_backend_failure_still_names_the_conversation(sdk, backend):
+    backend.fail(500)
+    with pytest.raises(openai.InternalServerError) as failed:
+        sdk.chat.completions.create(
+            model="test-model",
+            messages=[{"role": "user", "content": "kept"}],
+            extra_headers={"X-Conversation-Id": "new"},
+        )
+    conversation_id = failed.value.response.headers["x-conversation-id"]
+    assert Message.objects.get(conversation_id=conversation_id).content == "kept"
+
+
+def test_model_ids_with_slashes(sdk, backend, settings):
+    settings.CHATAPI_MODELS = ["meta-llama/Llama-3-8B", "test-model"]
+    assert sdk.models.retrieve("meta-llama/Llama-3-8B").id == "meta-llama/Llama-3-8B"

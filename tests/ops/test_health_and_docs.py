@@ -62,3 +62,10 @@ def test_docs_pages_are_served(client):
     assert client.get("/api/schema/").status_code == 200
     assert client.get("/docs/").status_code == 200
     assert client.get("/redoc/").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc", "/api/schema", "/admin"])
+def test_pages_answer_without_their_trailing_slash_too(client, page):
+    response = client.get(page)
+    assert response.status_code == 302
+    assert response["Location"] == f"{page}/"
