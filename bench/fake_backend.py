@@ -135,4 +135,7 @@ async def main() -> None:
 if __name__ == "__main__":
     if uvloop is not None:
         uvloop.install()
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # the benchmark stops it with SIGINT
+        pass

@@ -273,11 +273,12 @@ async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
     """The stateless OpenAI-compatible path side by side with the backend, then a stateful request."""
     out: dict[str, Any] = {}
     for stream in (False, True):
-        for _ in range(20):
+        for _ in range(20 if not stream else 2):
             await client.v1(stream)
             await client.direct(stream)
         service, direct = [], []
-        for _ in range(n):
+        # A stream lasts a second (50 chunks, 20 ms apart): fewer of them.
+        for _ in range(n if not stream else max(10, n // 10)):
             service.append((await client.v1(stream))[0])
             direct.append((await client.direct(stream))[0])
         name = "stream" if stream else "non_stream"
@@ -449,7 +450,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         results["ttfb"] = []
         for concurrency in (1, 16) if wanted("ttfb") else ():
             print(f"… time to first byte of a stream at concurrency {concurrency}", flush=True)
-            total = (20 if args.quick else 100) if concurrency == 1 else (64 if args.quick else 320)
+            total = (20 if args.quick else 50) if concurrency == 1 else (64 if args.quick else 160)
             results["ttfb"].append(await scenario_ttfb(client, concurrency, total))
         results["held_streams"] = []
         for count in args.streams if wanted("streams") else ():
