@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 
@@ -135,7 +136,5 @@ async def main() -> None:
 if __name__ == "__main__":
     if uvloop is not None:
         uvloop.install()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # the benchmark stops it with SIGINT
         asyncio.run(main())
-    except KeyboardInterrupt:  # the benchmark stops it with SIGINT
-        pass
