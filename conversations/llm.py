@@ -4,6 +4,10 @@ With OPENAI_API_KEY and/or OPENAI_BASE_URL set, requests go through the `openai`
 any OpenAI-compatible server. The model named `echo` is a built-in offline development aid (like
 Django's console e-mail backend): it answers without any backend, so the service works on a fresh
 machine with no key. SDK and transport errors leave this module as chatapi's own exceptions.
+
+Answers are the backend's JSON as plain dicts (the SDK's `cast_to=object`): building the SDK's
+pydantic objects cost ten times more CPU per streamed chunk than everything else on the way, and
+the service only reads a few fields of them or forwards them as they are.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from typing import Any
 import httpx2
 import openai
 from django.conf import settings
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from chatapi.errors import (
     BackendError,
@@ -64,6 +67,8 @@ class StreamChunk:
 
 
 ChatMessages = list[dict[str, Any]]
+# A `chat.completion` or `chat.completion.chunk` object, as the backend's JSON.
+Payload = dict[str, Any]
 
 
 def available_models() -> list[str]:
@@ -159,10 +164,42 @@ def estimate_usage(messages: ChatMessages, reply: str) -> Usage:
     return Usage(prompt, completion, prompt + completion)
 
 
-def _usage(usage: Any) -> Usage | None:
-    if usage is None:
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def usage_of(payload: Payload) -> Usage | None:
+    """The token usage a completion or chunk reports, if any."""
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
         return None
-    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0)
+    return Usage(
+        _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), _count(usage.get("total_tokens"))
+    )
+
+
+def first_choice(payload: Payload) -> dict[str, Any] | None:
+    """The first choice of a completion or chunk (None for a usage-only chunk)."""
+    choices = payload.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return None
+
+
+def _part_text(part: Any) -> str:
+    """The text of a message or delta (`content` that is not a string counts as none)."""
+    content = part.get("content") if isinstance(part, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+def message_text(completion: Payload) -> str:
+    choice = first_choice(completion)
+    return _part_text(choice.get("message")) if choice else ""
+
+
+def delta_text(chunk: Payload) -> str:
+    choice = first_choice(chunk)
+    return _part_text(choice.get("delta")) if choice else ""
 
 
 def _echo_text(messages: ChatMessages) -> str:
@@ -171,37 +208,39 @@ def _echo_text(messages: ChatMessages) -> str:
     return f"{ECHO_NOTICE} You said: {prompt}" + (f" (turn {turns})" if turns > 1 else "")
 
 
-def _echo_completion(messages: ChatMessages) -> ChatCompletion:
+def _echo_completion(messages: ChatMessages) -> Payload:
     content = _echo_text(messages)
     usage = estimate_usage(messages, content)
-    return ChatCompletion.model_validate(
-        {
-            "id": f"chatcmpl-echo-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": ECHO_MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            },
-        }
-    )
+    return {
+        "id": f"chatcmpl-echo-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": ECHO_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+    }
 
 
-async def _echo_chunks(messages: ChatMessages) -> AsyncIterator[ChatCompletionChunk]:
+async def _echo_chunks(messages: ChatMessages) -> AsyncIterator[Payload]:
     completion = _echo_completion(messages)
-    base = {"id": completion.id, "object": "chat.completion.chunk", "created": completion.created, "model": ECHO_MODEL}
-    words = (completion.choices[0].message.content or "").split(" ")
-    yield ChatCompletionChunk.model_validate({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    base = {
+        "id": completion["id"],
+        "object": "chat.completion.chunk",
+        "created": completion["created"],
+        "model": ECHO_MODEL,
+    }
+    words = completion["choices"][0]["message"]["content"].split(" ")
+    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
     for i, word in enumerate(words):
         piece = word if i == len(words) - 1 else word + " "
-        yield ChatCompletionChunk.model_validate({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
+        yield {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
         await asyncio.sleep(0)
-    done = {"index": 0, "delta": {}, "finish_reason": "stop"}
-    yield ChatCompletionChunk.model_validate({**base, "choices": [done]})
-    yield ChatCompletionChunk.model_validate({**base, "choices": [], "usage": completion.usage.model_dump()})
+    yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    yield {**base, "choices": [], "usage": completion["usage"]}
 
 
 def _timeout_error() -> BackendTimeout:
@@ -240,34 +279,34 @@ def _body(model: str, messages: ChatMessages, params: dict[str, Any] | None) -> 
     return {**(params or {}), "model": model, "messages": messages}
 
 
-def chat_completion(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> ChatCompletion:
-    """The backend's chat completion for `messages`, as the SDK's object; `params` are sent as they are."""
+def chat_completion(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> Payload:
+    """The backend's `chat.completion` for `messages`, as its JSON; `params` are sent as they are."""
     if model == ECHO_MODEL:
         return _echo_completion(messages)
     try:
         # The SDK's generic `post` (its documented way to send a body as is): the same transport, retries
         # and errors as `chat.completions.create`, without re-walking the already plain message dicts.
-        return client().post("/chat/completions", body=_body(model, messages, params), cast_to=ChatCompletion)
+        completion = client().post("/chat/completions", body=_body(model, messages, params), cast_to=object)
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
+    if not isinstance(completion, dict) or first_choice(completion) is None:
+        raise BackendError("The model backend returned no choices.", code="backend_empty_response")
+    return completion
 
 
 def complete(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> Completion:
     """One reply to `messages` (system first, oldest first); usage estimated if the backend gives none."""
     response = chat_completion(model=model, messages=messages, params=params)
-    if not response.choices:
-        raise BackendError("The model backend returned no choices.", code="backend_empty_response")
-    choice = response.choices[0]
-    content = choice.message.content or ""
-    finish = "length" if choice.finish_reason == "length" else "stop"
-    usage = _usage(response.usage) or estimate_usage(messages, content)
-    return Completion(content=content, model=response.model or model, finish_reason=finish, usage=usage)
+    content = message_text(response)
+    finish = "length" if (first_choice(response) or {}).get("finish_reason") == "length" else "stop"
+    usage = usage_of(response) or estimate_usage(messages, content)
+    return Completion(content=content, model=str(response.get("model") or model), finish_reason=finish, usage=usage)
 
 
 async def chat_completion_chunks(
     *, model: str, messages: ChatMessages, params: dict[str, Any] | None = None
-) -> AsyncIterator[ChatCompletionChunk]:
-    """The backend's streamed chunks, as the SDK's objects, as they arrive; the last carries usage if known.
+) -> AsyncIterator[Payload]:
+    """The backend's `chat.completion.chunk`s, as their JSON, as they arrive; the last carries usage if known.
 
     Closing the iterator early (client gone) closes the backend request, so generation stops there too.
     """
@@ -280,15 +319,16 @@ async def chat_completion_chunks(
         response = await async_client().post(
             "/chat/completions",
             body=body,
-            cast_to=ChatCompletion,
+            cast_to=object,
             stream=True,
-            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            stream_cls=openai.AsyncStream[object],
         )
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
     try:
         async for chunk in response:
-            yield chunk
+            if isinstance(chunk, dict):
+                yield chunk
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
     except httpx2.TimeoutException as exc:
@@ -310,16 +350,17 @@ async def stream(
     chunks = chat_completion_chunks(model=model, messages=messages, params=params)
     try:
         async for chunk in chunks:
-            if chunk.model:
-                model_name = chunk.model
-            usage = _usage(chunk.usage) or usage
-            if chunk.choices:
-                choice = chunk.choices[0]
-                if choice.delta is not None and choice.delta.content:
-                    text.append(choice.delta.content)
-                    yield StreamChunk(delta=choice.delta.content)
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
+            if chunk.get("model"):
+                model_name = str(chunk["model"])
+            usage = usage_of(chunk) or usage
+            choice = first_choice(chunk)
+            if choice is not None:
+                piece = _part_text(choice.get("delta"))
+                if piece:
+                    text.append(piece)
+                    yield StreamChunk(delta=piece)
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
     finally:
         await chunks.aclose()
     yield StreamChunk(

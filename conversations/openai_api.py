@@ -215,28 +215,24 @@ async def stateless_chunks(
     try:
         async for chunk in chunks:
             last = chunk
-            if chunk.usage is not None:
-                usage = llm.Usage(
-                    chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0, chunk.usage.total_tokens or 0
-                )
-                if not chunk.choices:
+            chunk_usage = llm.usage_of(chunk)
+            if chunk_usage is not None:
+                usage = chunk_usage
+                if not chunk.get("choices"):
                     continue  # sent below, and only when asked for
-            for choice in chunk.choices:
-                if choice.index == 0 and choice.delta is not None and choice.delta.content:
-                    text.append(choice.delta.content)
-            payload = chunk.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            text.append(llm.delta_text(chunk))
             if not include_usage:
-                payload.pop("usage", None)
-            yield _data(payload)
+                chunk.pop("usage", None)
+            yield _data(chunk)
         if usage is None:
             usage = llm.estimate_usage(messages, "".join(text))
         if include_usage and last is not None:
             yield _data(
                 {
-                    "id": last.id,
+                    "id": last.get("id"),
                     "object": "chat.completion.chunk",
-                    "created": last.created,
-                    "model": last.model,
+                    "created": last.get("created"),
+                    "model": last.get("model"),
                     "choices": [],
                     "usage": _usage_dict(usage),
                 }
@@ -403,18 +399,15 @@ class ChatCompletionsView(_OpenAIView):
                 model=model, messages=messages, params=params, include_usage=include_usage, key_id=key_id
             )
             return _event_stream(content)
-        completion = llm.chat_completion(model=model, messages=messages, params=params)
-        body = completion.to_dict(mode="json")
-        usage = completion.usage
+        body = llm.chat_completion(model=model, messages=messages, params=params)
+        usage = llm.usage_of(body)
         if usage is None:
-            text = completion.choices[0].message.content or "" if completion.choices else ""
-            estimated = llm.estimate_usage(messages, text)
-            body["usage"] = _usage_dict(estimated)
-            prompt_tokens, completion_tokens = estimated.prompt_tokens, estimated.completion_tokens
-        else:
-            prompt_tokens, completion_tokens = usage.prompt_tokens or 0, usage.completion_tokens or 0
+            usage = llm.estimate_usage(messages, llm.message_text(body))
+            body["usage"] = _usage_dict(usage)
         if key_id is not None:
-            api_key_usage_record(api_key_id=key_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            api_key_usage_record(
+                api_key_id=key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            )
         return Response(body)
 
 
