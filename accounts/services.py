@@ -9,11 +9,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import KEY_PREFIX, APIKey, User
+from accounts.selectors import api_key_get_by_lookup_id
 from chatapi.errors import InvalidRequest
 
 LOOKUP_ID_BYTES = 6  # 12 hex characters
@@ -97,13 +97,22 @@ def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = 
 
 
 def api_key_usage_record(*, api_key_id: object, prompt_tokens: int, completion_tokens: int) -> None:
-    """Add one reply's token usage to a key's totals, in one UPDATE (no read, no race)."""
-    APIKey.objects.filter(pk=api_key_id).update(
-        request_count=F("request_count") + 1,
-        prompt_tokens=F("prompt_tokens") + prompt_tokens,
-        completion_tokens=F("completion_tokens") + completion_tokens,
-        total_tokens=F("total_tokens") + prompt_tokens + completion_tokens,
-    )
+    """Add one reply's token usage to a key's totals, in one UPDATE (no read, no race).
+
+    Raw SQL because it runs with every reply: resolving the ORM's F() expressions cost more CPU than
+    the rest of the query several times over."""
+    table = APIKey._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET request_count = request_count + 1, prompt_tokens = prompt_tokens + %s, "
+            "completion_tokens = completion_tokens + %s, total_tokens = total_tokens + %s WHERE id = %s",
+            [
+                prompt_tokens,
+                completion_tokens,
+                prompt_tokens + completion_tokens,
+                APIKey._meta.pk.get_db_prep_value(api_key_id, connection),
+            ],
+        )
 
 
 def api_key_revoke(*, api_key: APIKey) -> APIKey:
@@ -119,7 +128,7 @@ def api_key_authenticate(*, raw_key: str) -> APIKey:
     parts = _split_key(raw_key)
     if parts is None:
         raise InvalidAPIKey("Malformed API key.")
-    api_key = APIKey.objects.select_related("user").filter(lookup_id=parts[0]).first()
+    api_key = api_key_get_by_lookup_id(lookup_id=parts[0])
     if api_key is None or not hmac.compare_digest(api_key.digest, _digest(raw_key)):
         raise InvalidAPIKey("Invalid API key.")
     now = timezone.now()

@@ -79,6 +79,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's SQLite backend, but a process's writers queue on a lock instead of SQLite's sleeping busy handler.
+    DATABASES["default"]["ENGINE"] = "chatapi.sqlite3"
     # WAL lets readers run beside the one writer; a busy timeout waits instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {

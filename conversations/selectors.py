@@ -32,10 +32,22 @@ def conversation_list_for_user(*, user, q: str = "", order: str = "-update_time"
     return conversations.annotate(message_count=Count("messages")).order_by(field, "-id" if "-" in field else "id")
 
 
+def _pk_param(value: uuid.UUID):
+    """A UUID as the database takes it in raw SQL (a hex string on SQLite, a uuid on PostgreSQL)."""
+    return Message._meta.pk.get_db_prep_value(value, connection)
+
+
 def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
     """The user's conversation; anything else (another user's, unknown, not a UUID) is a 404."""
     pk = parse_uuid(conversation_id)
-    conversation = Conversation.objects.filter(owner=user, pk=pk).first() if pk else None
+    conversation = None
+    if pk is not None:
+        # Raw: on the path of every conversation request, and the ORM's query building cost more than the query.
+        table = Conversation._meta.db_table
+        rows = Conversation.objects.raw(
+            f"SELECT * FROM {table} WHERE id = %s AND owner_id = %s", [_pk_param(pk), user.pk]
+        )
+        conversation = next(iter(rows), None)
     if conversation is None:
         raise NotFound("Conversation not found.", code="conversation_not_found")
     return conversation
@@ -53,10 +65,6 @@ def message_get_in_conversation(*, conversation: Conversation, message_id: objec
     return message
 
 
-def _pk_param(value: uuid.UUID):
-    return Message._meta.pk.get_db_prep_value(value, connection)
-
-
 def message_path_get(*, conversation: Conversation, leaf_id: object) -> list[Message]:
     """The branch root→`leaf_id`, oldest first, in one query whatever its depth.
 
@@ -66,18 +74,18 @@ def message_path_get(*, conversation: Conversation, leaf_id: object) -> list[Mes
     if pk is None:
         return []
     table = Message._meta.db_table
-    ancestors = RawSQL(
+    ancestors = Message.objects.raw(
         f"""
         WITH RECURSIVE path(id, parent_id) AS (
             SELECT id, parent_id FROM {table} WHERE id = %s AND conversation_id = %s
             UNION ALL
             SELECT m.id, m.parent_id FROM {table} m JOIN path p ON m.id = p.parent_id
         )
-        SELECT id FROM path
+        SELECT * FROM {table} WHERE id IN (SELECT id FROM path)
         """,
-        (_pk_param(pk), _pk_param(conversation.pk)),
+        [_pk_param(pk), _pk_param(conversation.pk)],
     )
-    by_id = {message.pk: message for message in Message.objects.filter(pk__in=ancestors).order_by()}
+    by_id = {message.pk: message for message in ancestors}
     path: list[Message] = []
     node = by_id.get(pk)
     while node is not None:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.services import api_key_usage_record
@@ -154,11 +154,16 @@ def _lock(conversation: Conversation) -> None:
     """Lock the conversation's row until the transaction ends, so that writes to one conversation take
     turns (PostgreSQL; SQLite's IMMEDIATE transactions already do), and refresh its current node.
     A conversation deleted meanwhile is a 404."""
-    rows = Conversation.objects.select_for_update().filter(pk=conversation.pk).values_list("current_node_id")
-    locked = list(rows)
-    if not locked:
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:  # raw: on the path of every ask, twice
+        cursor.execute(
+            f"SELECT current_node_id FROM {Conversation._meta.db_table} WHERE id = %s{lock}",
+            [Conversation._meta.pk.get_db_prep_value(conversation.pk, connection)],
+        )
+        row = cursor.fetchone()
+    if row is None:
         raise NotFound("Conversation not found: it was deleted.", code="conversation_not_found")
-    conversation.current_node_id = locked[0][0]
+    conversation.current_node_id = Conversation._meta.get_field("current_node").to_python(row[0])
 
 
 def reply_store(
