@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from django.conf import settings
@@ -247,9 +248,20 @@ def _timeout_error() -> BackendTimeout:
     return BackendTimeout(f"The model backend did not answer within {settings.CHATAPI_BACKEND_TIMEOUT:g} s.")
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a "timeout" was really a refused connection: the aiohttp transport the SDK ships reports
+    every failed connect (refused, no route, unknown host) as a connect timeout."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def translate_error(exc: openai.OpenAIError, *, model: str) -> BackendError:
     """An SDK/transport error as the project's exception (502 answered with an error, 503 unreachable, 504 timeout)."""
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return _timeout_error()
     if isinstance(exc, openai.APIConnectionError):
         return BackendUnavailable("The model backend could not be reached.")

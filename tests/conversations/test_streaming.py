@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -189,3 +190,15 @@ def test_echo_model_streams_too(http):
     completed = events[-1].data["response"]
     assert completed["model"] == "echo"
     assert "".join(e.data["delta"] for e in events if e.event == "delta") == completed["message"]
+
+
+def test_refused_backend_connection_is_an_unavailable_error_event(http, backend, settings):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+    response = post_stream(http, "/conversations/new", {"prompt": "anyone?", "stream": True})
+    events = events_of(response)
+    assert [e.event for e in events] == ["created", "error"]
+    assert events[-1].data["error"]["code"] == "backend_unavailable"
+    assert events[-1].data["error"]["details"]["message_id"] == events[0].data["request"]["id"]
