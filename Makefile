@@ -8,9 +8,10 @@ CHATAPI_WORKERS ?= 1
 
 .PHONY: run test lint format migrate bench clean
 
+# A half-made .venv (no venv module, no network) is removed, so that the next run starts over.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip || { rm -rf $(VENV); exit 1; }
 
 # Stamp files: reinstall only when the requirements change.
 $(VENV)/.installed-run: requirements.txt | $(BIN)/python

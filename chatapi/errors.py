@@ -127,7 +127,9 @@ _DRF_TYPES: dict[type[drf.APIException], tuple[str, str]] = {
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: every error becomes the contract's error body; none becomes a traceback."""
     if isinstance(exc, ApplicationError):
-        body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param, details=exc.details)
+        # A field's error names the field in `details` too, as the serializers' errors do.
+        details = exc.details or ({exc.param: [exc.message]} if exc.param else {})
+        body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param, details=details)
         return Response(body, status=exc.status_code, headers=exc.headers)
 
     if isinstance(exc, IntegrityError):

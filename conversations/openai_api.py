@@ -77,6 +77,11 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         exc = NotFound(exc.message, code="model_not_found", param=exc.param)
     elif isinstance(exc, BackendError) and exc.code == "backend_rate_limited":
         exc.status_code, exc.type = 429, "rate_limit_error"
+    elif isinstance(exc, BackendError) and exc.details.get("backend_status") in (400, 422):
+        # The backend refused the request itself (context too long, a bad response_format, …): a client
+        # error, and the backend's own words are the useful part, as they would be from OpenAI.
+        message = str(exc.details.get("backend_message") or exc.message)
+        exc = InvalidRequest(message, code="backend_rejected_request")
     response = exception_handler(exc, context)
     error = response.data["error"]
     response.data = {

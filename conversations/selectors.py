@@ -53,6 +53,16 @@ def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
     return conversation
 
 
+def conversation_of_message_for_user(*, user, message_id: object, param: str) -> Conversation:
+    """The user's conversation holding the message `message_id` (sent in a body: anything else is a 400)."""
+    pk = parse_uuid(message_id)
+    conversation = Conversation.objects.filter(owner=user, messages__pk=pk).first() if pk else None
+    if conversation is None:
+        reason = "is not one of your messages" if pk else "must be a message id (a UUID)"
+        raise InvalidRequest(f"{param} {reason}.", code="invalid_message_id", param=param)
+    return conversation
+
+
 def message_get_in_conversation(*, conversation: Conversation, message_id: object, param: str | None = None) -> Message:
     """A message of this conversation. In a body (`param` given) a bad id is a 400, on a path a 404."""
     pk = parse_uuid(message_id)

@@ -18,6 +18,7 @@ from conversations.models import Conversation, Message
 from conversations.selectors import (
     conversation_get_for_user,
     conversation_latest_for_origin,
+    conversation_of_message_for_user,
     message_get_in_conversation,
     message_path_get,
     message_path_or_400,
@@ -328,12 +329,13 @@ def complete_prepare(*, owner, content: str) -> ReplyJob:
 def compat_ask_prepare(
     *, owner, content: str, conversation_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None
 ) -> ReplyJob:
-    """`/api/ask`: ask in the given conversation (from `parent_id`, or its current node), or in a new one."""
+    """`/api/ask`: ask in the given conversation (from `parent_id`, or its current node), in the conversation
+    of `parent_id` when only that is given (the previous answer's `response_id`), or in a new one."""
     _validate_prompt(content, param="content")
     if conversation_id is not None:
         conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
     elif parent_id is not None:
-        raise InvalidRequest("parent_id needs the conversation_id it belongs to.", param="parent_id")
+        conversation = conversation_of_message_for_user(user=owner, message_id=parent_id, param="parent_id")
     else:
         conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.ASK)
     return conversation_ask_prepare(conversation=conversation, prompt=content, parent_id=parent_id)

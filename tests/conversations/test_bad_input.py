@@ -178,3 +178,13 @@ def test_huge_offset_is_400(api):
 @pytest.mark.parametrize("value", [1, 0, "yes", "1"])
 def test_booleans_are_true_or_false_only(api, backend, value):
     assert_error(api.post("/conversations/new", {"prompt": "x", "stream": value}, format="json"), 400, param="stream")
+
+
+def test_a_field_refused_by_the_service_layer_is_named_in_details(api, backend):
+    cid = api.post("/conversations/new", {"prompt": "hi"}, format="json").json()["response"]["conversation_id"]
+    other = api.post("/conversations/new", {"prompt": "elsewhere"}, format="json").json()["response"]["id"]
+    response = api.post(f"/conversations/{cid}/ask", {"prompt": "x", "parent_id": other}, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "parent_id"
+    assert list(error["details"]) == ["parent_id"]

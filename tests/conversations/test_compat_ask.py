@@ -82,7 +82,26 @@ def test_ask_in_another_users_conversation_is_404(api, other_api, backend):
     assert response.status_code == 404
 
 
-def test_ask_with_parent_but_no_conversation_is_400_and_stores_nothing(api, backend):
+def test_ask_with_an_unknown_parent_and_no_conversation_is_400_and_stores_nothing(api, backend):
     response = api.post("/api/ask", {"content": "x", "parent_id": str(uuid.uuid4())}, format="json")
     assert response.status_code == 400
     assert Conversation.objects.count() == 0
+
+
+def test_ask_with_only_the_previous_response_id_continues_that_conversation(api, backend):
+    first = api.post("/api/ask", {"content": "My name is Ada."}, format="json").json()
+    second = api.post("/api/ask", {"content": "Who am I?", "parent_id": first["response_id"]}, format="json")
+    assert second.status_code == 200, second.content
+    assert second.json()["conversation_id"] == first["conversation_id"]
+    assert [m["content"] for m in backend.last_messages] == [
+        "My name is Ada.",
+        "Reply 1 to: My name is Ada.",
+        "Who am I?",
+    ]
+
+
+def test_ask_with_another_users_message_as_parent_is_400(api, other_api, backend):
+    theirs = other_api.post("/api/ask", {"content": "private"}, format="json").json()
+    response = api.post("/api/ask", {"content": "x", "parent_id": theirs["response_id"]}, format="json")
+    assert response.status_code == 400
+    assert Message.objects.filter(content="x").count() == 0

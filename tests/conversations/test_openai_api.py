@@ -139,6 +139,10 @@ def test_error_classes_are_the_sdks_own(sdk, backend, live_url):
         sdk.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
     assert failed.value.status_code == 502
     assert set(failed.value.body) == {"message", "type", "param", "code"}
+    backend.fail(400, times=1)
+    with pytest.raises(openai.BadRequestError) as rejected:
+        sdk.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
+    assert rejected.value.code == "backend_rejected_request"
 
 
 def test_malformed_json_is_a_bad_request(live_url, key):
