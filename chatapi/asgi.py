@@ -63,7 +63,10 @@ class PooledASGIHandler(ASGIHandler):
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, context.run, self._get_response_in_thread, request)
+        response = await loop.run_in_executor(self.executor, context.run, self._get_response_in_thread, request)
+        if isinstance(response, PrimedStreamingResponse):
+            response = await response.primed()
+        return response
 
     def _get_response_in_thread(self, request: HttpRequest) -> HttpResponseBase:
         # What request_started/request_finished do for the thread that served the request.
@@ -75,4 +78,6 @@ class PooledASGIHandler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
+from conversations.streaming import PrimedStreamingResponse  # noqa: E402  (needs the apps loaded)
+
 application = PooledASGIHandler()

@@ -15,7 +15,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.http import HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -71,8 +71,8 @@ STARTED = int(time.time())
 # --- errors ---------------------------------------------------------------------------------
 
 
-def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
-    """Errors in OpenAI's shape and with its statuses (an unknown model is a 404, a backend 429 a 429)."""
+def _as_openai_error(exc: Exception) -> Exception:
+    """The error OpenAI would give: an unknown model is a 404, a backend 429 a 429, a backend 400 a 400."""
     if isinstance(exc, InvalidRequest) and exc.code == "model_not_found":
         exc = NotFound(exc.message, code="model_not_found", param=exc.param)
     elif isinstance(exc, BackendError) and exc.code == "backend_rate_limited":
@@ -82,12 +82,28 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         # error, and the backend's own words are the useful part, as they would be from OpenAI.
         message = str(exc.details.get("backend_message") or exc.message)
         exc = InvalidRequest(message, code="backend_rejected_request")
-    response = exception_handler(exc, context)
-    error = response.data["error"]
-    response.data = {
+    return exc
+
+
+def _openai_body(error: dict[str, Any]) -> dict[str, Any]:
+    return {
         "error": {"message": error["message"], "type": error["type"], "param": error["param"], "code": error["code"]}
     }
+
+
+def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """Errors in OpenAI's shape and with its statuses."""
+    response = exception_handler(_as_openai_error(exc), context)
+    response.data = _openai_body(response.data["error"])
     return response
+
+
+def _stream_failed(exc: ApplicationError) -> HttpResponseBase:
+    """The error response of a stream that failed before its first piece."""
+    exc = _as_openai_error(exc)
+    assert isinstance(exc, ApplicationError)
+    error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    return JsonResponse(_openai_body(error), status=exc.status_code, headers=exc.headers)
 
 
 # --- request --------------------------------------------------------------------------------
@@ -244,6 +260,8 @@ async def stateless_chunks(
             )
         yield DONE
     except BackendError as exc:
+        if last is None:
+            raise  # nothing sent yet: an ordinary error response (PrimedStreamingResponse)
         yield _error_data(exc)
     finally:
         await chunks.aclose()
@@ -262,10 +280,16 @@ async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> Asy
         "created": int(time.time()),
         "model": job.model,
     }
-    yield _data(
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-    )
+    started = False
     async for event in streaming.reply_stream(job):
+        if not started:
+            if isinstance(event, streaming.Failed):
+                # Nothing sent yet: an ordinary error response (PrimedStreamingResponse); the turn is stored.
+                event.error.headers = {**event.error.headers, "X-Conversation-Id": str(job.conversation.pk)}
+                raise event.error
+            started = True
+            role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            yield _data({**base, "choices": [role]})
         if isinstance(event, streaming.Delta):
             yield _data({**base, "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}]})
         elif isinstance(event, streaming.Done):
@@ -285,7 +309,9 @@ def _internal_error() -> bytes:
 
 
 def _event_stream(content: AsyncIterator[bytes], conversation_id: str | None = None) -> StreamingHttpResponse:
-    response = streaming.stream_response(content, content_type="text/event-stream", on_error=_internal_error)
+    response = streaming.PrimedStreamingResponse(
+        content, on_failure=_stream_failed, content_type="text/event-stream", on_error=_internal_error
+    )
     if conversation_id is not None:
         response["X-Conversation-Id"] = conversation_id
     return response

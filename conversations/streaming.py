@@ -20,7 +20,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import IntegrityError
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase, StreamingHttpResponse
 
 from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
 from conversations import llm
@@ -259,6 +259,64 @@ def stream_response(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
     return response
+
+
+class _InternalError(ApplicationError):
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+_INTERNAL_ERROR = _InternalError("Internal server error.")
+
+
+class PrimedStreamingResponse(StreamingHttpResponse):
+    """A stream whose first piece is awaited before the status line goes out (`chatapi.asgi` does it,
+    on the event loop), so that a failure before anything was generated can still be an ordinary error
+    response with its status: what OpenAI's SDKs need to raise the right exception.
+
+    `content` raises the ApplicationError instead of yielding its first piece; `on_failure` makes the
+    error response from it.
+    """
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        on_failure: Callable[[ApplicationError], HttpResponseBase],
+        content_type: str,
+        on_error: Callable[[], bytes],
+    ) -> None:
+        # Unprimed (served some other way than by chatapi.asgi), it is an ordinary stream.
+        super().__init__(_guarded(content, on_error), content_type=content_type)
+        self._source = content
+        self._on_failure = on_failure
+        self._on_error = on_error
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"
+
+    async def primed(self) -> HttpResponseBase:
+        """This response with its first piece in hand, or the error response if there is none."""
+        try:
+            first = await anext(self._source)
+        except StopAsyncIteration:
+            first = b""
+        except ApplicationError as exc:
+            await self._source.aclose()
+            return self._on_failure(exc)
+        except Exception:
+            logger.exception("A streamed response failed before its first piece")
+            await self._source.aclose()
+            return self._on_failure(_INTERNAL_ERROR)
+        self.streaming_content = _guarded(_then(first, self._source), self._on_error)
+        return self
+
+
+async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async with aclosing(rest):
+        yield first
+        async for part in rest:
+            yield part
 
 
 def internal_error_event() -> bytes:

@@ -276,3 +276,25 @@ def test_stateful_backend_failure_still_names_the_conversation(sdk, backend):
 def test_model_ids_with_slashes(sdk, backend, settings):
     settings.CHATAPI_MODELS = ["meta-llama/Llama-3-8B", "test-model"]
     assert sdk.models.retrieve("meta-llama/Llama-3-8B").id == "meta-llama/Llama-3-8B"
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_a_stream_failing_before_its_first_chunk_raises_the_sdks_error_class(sdk, backend, stateful):
+    headers = {"X-Conversation-Id": "new"} if stateful else {}
+    backend.fail(429, times=1, retry_after="2")
+    with pytest.raises(openai.RateLimitError) as limited:
+        for _ in sdk.chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "x"}], stream=True, extra_headers=headers
+        ):
+            pass
+    assert limited.value.response.headers["retry-after"] == "2"
+    backend.fail(500, times=1)
+    with pytest.raises(openai.InternalServerError) as failed:
+        for _ in sdk.chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": "y"}], stream=True, extra_headers=headers
+        ):
+            pass
+    assert failed.value.status_code == 502
+    if stateful:  # the turn is kept, and the answer says where
+        assert Message.objects.filter(content="y", role="user").exists()
+        assert failed.value.response.headers["x-conversation-id"]
