@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 import weakref
@@ -94,8 +95,10 @@ def model_resolve(name: str | None, *, param: str = "model") -> str:
     return name
 
 
-@lru_cache(maxsize=4)
-def _client(base_url: str, api_key: str, timeout: float, max_retries: int) -> openai.OpenAI:
+# One client per thread (and configuration). A shared one makes the view threads queue on its
+# connection pool's lock for every request and every response closed.
+@lru_cache(maxsize=256)
+def _client(thread: int, base_url: str, api_key: str, timeout: float, max_retries: int) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries)
 
 
@@ -114,8 +117,8 @@ def _config() -> tuple[str, str, float, int]:
 
 
 def client() -> openai.OpenAI:
-    """The SDK client for the configured backend, built once per configuration."""
-    return _client(*_config())
+    """The SDK client for the configured backend, built once per thread and configuration."""
+    return _client(threading.get_ident(), *_config())
 
 
 # An async client's connection pool belongs to one event loop: one client per loop and configuration.
