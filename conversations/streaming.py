@@ -31,6 +31,8 @@ from conversations.services import ReplyJob, reply_store
 logger = logging.getLogger(__name__)
 
 PING = b": ping\n\n"
+# Nothing between the stream and the client may hold it back (X-Accel-Buffering: nginx).
+NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @dataclass
@@ -255,10 +257,7 @@ def stream_response(
     content: AsyncIterator[bytes], *, content_type: str, on_error: Callable[[], bytes]
 ) -> StreamingHttpResponse:
     """A response that sends `content` as it is produced, with nothing between it and the client buffering."""
-    response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type)
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
-    return response
+    return StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
 
 
 class _InternalError(ApplicationError):
@@ -288,12 +287,10 @@ class PrimedStreamingResponse(StreamingHttpResponse):
         on_error: Callable[[], bytes],
     ) -> None:
         # Unprimed (served some other way than by chatapi.asgi), it is an ordinary stream.
-        super().__init__(_guarded(content, on_error), content_type=content_type)
+        super().__init__(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
         self._source = content
         self._on_failure = on_failure
         self._on_error = on_error
-        self["Cache-Control"] = "no-cache"
-        self["X-Accel-Buffering"] = "no"
 
     async def primed(self) -> HttpResponseBase:
         """This response with its first piece in hand, or the error response if there is none."""

@@ -29,6 +29,7 @@ def post_stream(http, path, body=None, **kwargs) -> requests.Response:
     response = http.post(f"{http.base_url}{path}", json=body, stream=True, timeout=30, **kwargs)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["X-Accel-Buffering"] == "no"  # a proxy must not hold it back
     return response
 
 
@@ -90,6 +91,7 @@ def test_regenerate_streams_with_a_null_request(http, backend):
 def test_form_body_can_ask_for_a_stream(http, backend):
     response = http.post(f"{http.base_url}/conversations/new", data={"prompt": "hi", "stream": "true"}, stream=True)
     assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["X-Accel-Buffering"] == "no"  # a proxy must not hold it back
     assert events_of(response)[-1].event == "completed"
 
 
