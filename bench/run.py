@@ -101,7 +101,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30) -> fl
 
 
 @contextmanager
-def stack(database_url: str, chunks: int, chunk_delay: float):
+def stack(database_url: str, chunks: int, chunk_delay: float, settings: dict[str, str] | None = None):
     backend_port, service_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_"))}
     env.update(
@@ -115,6 +115,7 @@ def stack(database_url: str, chunks: int, chunk_delay: float):
             "CHATAPI_MODELS": MODEL,
             "CHATAPI_BACKEND_MAX_RETRIES": "0",
             "CHATAPI_LOG_LEVEL": "WARNING",
+            **(settings or {}),
         }
     )
     manage(env, "migrate", "--noinput")
@@ -539,6 +540,13 @@ def main() -> None:
         choices=["overhead", "v1", "throughput", "ttfb", "streams", "queries"],
         help="run only these scenarios",
     )
+    parser.add_argument(
+        "--set",
+        metavar="NAME=VALUE",
+        nargs="+",
+        default=[],
+        help="a setting for the service, e.g. --set CHATAPI_THREADS=8 (the environment's are not passed on)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     raise_fd_limit()
@@ -555,7 +563,8 @@ def main() -> None:
             database_url = args.pg_url
         else:
             database_url = f"sqlite:///{tmp / 'bench.sqlite3'}"
-        with stack(database_url, chunks=50, chunk_delay=0.02) as running:
+        settings = dict(item.split("=", 1) for item in args.set)
+        with stack(database_url, chunks=50, chunk_delay=0.02, settings=settings) as running:
             results = asyncio.run(measure(running, args))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -566,6 +575,7 @@ def main() -> None:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "quick": args.quick,
+        "settings": settings,
     }
     print()
     print(report(results))

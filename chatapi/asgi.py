@@ -1,14 +1,17 @@
 """ASGI entry point: `uvicorn chatapi.asgi:application`.
 
-chatapi's views are synchronous; its streamed replies are async iterators consumed on the event loop,
-so an open stream holds no thread. Two things differ from Django's stock ASGI handler, both for speed
+chatapi's views are synchronous and short: whatever has to wait for the model backend (a streamed
+reply, or the answer of a non-streamed one) is finished on the event loop (chatapi.responses), so a
+waiting request holds no thread. Where this differs from Django's stock ASGI handler, it is for speed
 under load:
 
-- The request path (middleware and view) runs in a single hop to a worker thread. The stock handler
-  runs every classic middleware's hooks in a hop of its own: some thirty hops, several milliseconds.
+- The request path (signals, middleware and view) runs in a single hop to a worker thread. The stock
+  handler makes a hop of its own for the request_started signal, for every classic middleware's hooks
+  (some thirty in all), and for closing the response.
 - Views run on a fixed pool of `CHATAPI_THREADS` threads, each keeping its database connection. The
-  stock handler gives every open request a thread (and a connection) of its own, so a thousand open
-  streams meant a thousand threads fighting over the GIL and the database.
+  stock handler gives every open request a thread (and a connection) of its own; a few threads that
+  never wait for the backend do the same work with less fighting over the GIL.
+- Only a streamed response, which can run for minutes, is raced against the client's disconnect.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import asyncio
 import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any
 
 import django
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
-from django.db import close_old_connections
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest, HttpResponseBase
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatapi.settings")
 
@@ -47,37 +53,75 @@ class PooledASGIHandler(ASGIHandler):
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         """Start-up needs nothing; at shutdown, close the model backend's clients and the thread pool."""
-        from conversations import llm
-
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await llm.async_clients_close()
+                await close_loop_resources()
                 # Ending the pool's threads drops their database connections with them.
                 await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            return
+        ON_LOOP.set(True)
+        response = await self.get_response_async(request)
+        answer = await self._finished(response) if isinstance(response, LoopResponse) else response
+        if not answer.streaming:
+            await self.send_response(answer, send)
+        else:
+            # A stream is cut short when the client goes away (its generator's clean-up stores what it has).
+            sending = asyncio.ensure_future(self.send_response(answer, send))
+            listening = asyncio.ensure_future(self.listen_for_disconnect(receive))
+            await asyncio.wait((sending, listening), return_when=asyncio.FIRST_COMPLETED)
+            for task in (listening, sending):
+                if not task.done():
+                    task.cancel()
+                with suppress(asyncio.CancelledError, RequestAborted):
+                    await task
+        if response.streaming:  # the others were closed in their thread
+            await asyncio.get_running_loop().run_in_executor(self.executor, response.close)
+
+    async def _finished(self, response: LoopResponse) -> HttpResponseBase:
+        answer = await response.finish()
+        if answer is not response:
+            # A new response (an error, say) keeps the headers the middleware gave the one it replaces.
+            assert isinstance(response, HttpResponseBase)
+            for header, value in response.items():
+                if header not in answer and header.lower() != "content-length":
+                    answer[header] = value
+        return answer
+
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(self.executor, context.run, self._get_response_in_thread, request)
-        if isinstance(response, PrimedStreamingResponse):
-            response = await response.primed()
-        return response
+        return await loop.run_in_executor(self.executor, context.run, self._get_response_in_thread, request)
 
     def _get_response_in_thread(self, request: HttpRequest) -> HttpResponseBase:
-        # What request_started/request_finished do for the thread that served the request.
-        close_old_connections()
-        try:
-            return self.get_response(request)
-        finally:
-            close_old_connections()
+        # The request_started receivers (resetting the query log, closing expired database connections)
+        # act on this thread's connections: they run here, not in a thread of their own.
+        signals.request_started.send(sender=self.__class__, scope=request.scope)
+        response = self.get_response(request)
+        response._handler_class = self.__class__
+        if not response.streaming:
+            # request_finished, in the thread that used the connections. A DeferredJSONResponse needs
+            # nothing of the request's any more: what it makes on the loop, it makes from its own state.
+            response.close()
+        return response
 
 
 django.setup(set_prefix=False)
-from conversations.streaming import PrimedStreamingResponse  # noqa: E402  (needs the apps loaded)
+from chatapi.responses import ON_LOOP, LoopResponse, close_loop_resources  # noqa: E402  (needs the settings)
 
 application = PooledASGIHandler()

@@ -5,7 +5,7 @@ Their clients read `error` as a string, so errors here are `{"error": "<text>"}`
 
 from __future__ import annotations
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import StrictCharField
 from chatapi.negotiation import StreamFriendlyNegotiation
+from chatapi.responses import deferred_json, view_error_handler
 from conversations import services, streaming
 from conversations.views import api_key_id
 
@@ -75,21 +76,25 @@ class AskView(APIView):
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."
         ),
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponseBase:
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         job = services.compat_ask_prepare(owner=request.user, **serializer.validated_data)
         job.api_key_id = api_key_id(request)
-        reply = services.reply_generate(job=job)
-        return Response(
-            {
-                "id": str(reply.parent_id),
-                "response_id": str(reply.pk),
-                "conversation_id": str(reply.conversation_id),
-                "content": reply.content,
-                "error": "",
-            }
-        )
+
+        async def answer() -> Response:
+            reply = await services.reply_generate(job=job)
+            return Response(
+                {
+                    "id": str(reply.parent_id),
+                    "response_id": str(reply.pk),
+                    "conversation_id": str(reply.conversation_id),
+                    "content": reply.content,
+                    "error": "",
+                }
+            )
+
+        return deferred_json(answer, on_error=view_error_handler(self))
 
 
 class CompleteView(APIView):

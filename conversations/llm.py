@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import aiohttp
@@ -34,6 +32,7 @@ from chatapi.errors import (
     BackendUnavailable,
     InvalidRequest,
 )
+from chatapi.responses import on_loop_close
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +94,6 @@ def model_resolve(name: str | None, *, param: str = "model") -> str:
     return name
 
 
-# One client per thread (and configuration). A shared one makes the view threads queue on its
-# connection pool's lock for every request and every response closed.
-@lru_cache(maxsize=256)
-def _client(thread: int, base_url: str, api_key: str, timeout: float, max_retries: int) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url or None, api_key=api_key, timeout=timeout, max_retries=max_retries)
-
-
 def _config() -> tuple[str, str, float, int]:
     if not (settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL):
         raise BackendUnavailable(
@@ -114,11 +106,6 @@ def _config() -> tuple[str, str, float, int]:
         float(settings.CHATAPI_BACKEND_TIMEOUT),
         int(settings.CHATAPI_BACKEND_MAX_RETRIES),
     )
-
-
-def client() -> openai.OpenAI:
-    """The SDK client for the configured backend, built once per thread and configuration."""
-    return _client(threading.get_ident(), *_config())
 
 
 # An async client's connection pool belongs to one event loop: one client per loop and configuration.
@@ -143,8 +130,9 @@ def async_client() -> openai.AsyncOpenAI:
     return per_loop[config]
 
 
+@on_loop_close
 async def async_clients_close() -> None:
-    """Close this event loop's backend clients (at server shutdown)."""
+    """Close this event loop's backend clients (at server shutdown, or when a loop made for one request ends)."""
     for async_client_ in _async_clients.pop(asyncio.get_running_loop(), {}).values():
         await async_client_.close()
 
@@ -294,14 +282,14 @@ def _body(model: str, messages: ChatMessages, params: dict[str, Any] | None) -> 
     return {**(params or {}), "model": model, "messages": messages}
 
 
-def chat_completion(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> Payload:
+async def chat_completion(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> Payload:
     """The backend's `chat.completion` for `messages`, as its JSON; `params` are sent as they are."""
     if model == ECHO_MODEL:
         return _echo_completion(messages)
     try:
         # The SDK's generic `post` (its documented way to send a body as is): the same transport, retries
         # and errors as `chat.completions.create`, without re-walking the already plain message dicts.
-        completion = client().post("/chat/completions", body=_body(model, messages, params), cast_to=object)
+        completion = await async_client().post("/chat/completions", body=_body(model, messages, params), cast_to=object)
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
     if not isinstance(completion, dict) or first_choice(completion) is None:
@@ -309,11 +297,12 @@ def chat_completion(*, model: str, messages: ChatMessages, params: dict[str, Any
     return completion
 
 
-def complete(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> Completion:
+async def complete(*, model: str, messages: ChatMessages, params: dict[str, Any] | None = None) -> Completion:
     """One reply to `messages` (system first, oldest first); usage estimated if the backend gives none."""
-    response = chat_completion(model=model, messages=messages, params=params)
-    content = message_text(response)
-    finish = "length" if (first_choice(response) or {}).get("finish_reason") == "length" else "stop"
+    response = await chat_completion(model=model, messages=messages, params=params)
+    choice = first_choice(response) or {}
+    content = _part_text(choice.get("message"))
+    finish = "length" if choice.get("finish_reason") == "length" else "stop"
     usage = usage_of(response) or estimate_usage(messages, content)
     return Completion(content=content, model=str(response.get("model") or model), finish_reason=finish, usage=usage)
 

@@ -27,6 +27,7 @@ from rest_framework.views import APIView
 from accounts.services import api_key_usage_record
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
+from chatapi.responses import deferred_json, view_error_handler
 from conversations import llm, services, streaming
 from conversations.models import Message
 from conversations.views import api_key_id
@@ -418,28 +419,36 @@ class ChatCompletionsView(_OpenAIView):
             cid = str(job.conversation.pk)
             if stream:
                 return _event_stream(stateful_chunks(job, include_usage=include_usage), cid)
-            try:
-                reply = services.reply_generate(job=job)
-            except ApplicationError as exc:
-                # The turn is stored: the client needs the conversation's id to retry in it.
-                exc.headers = {**exc.headers, "X-Conversation-Id": cid}
-                raise
-            return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
+
+            async def stored_answer() -> Response:
+                try:
+                    reply = await services.reply_generate(job=job)
+                except ApplicationError as exc:
+                    # The turn is stored: the client needs the conversation's id to retry in it.
+                    exc.headers = {**exc.headers, "X-Conversation-Id": cid}
+                    raise
+                return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
+
+            return deferred_json(stored_answer, on_error=view_error_handler(self))
         if stream:
             content = stateless_chunks(
                 model=model, messages=messages, params=params, include_usage=include_usage, key_id=key_id
             )
             return _event_stream(content)
-        body = llm.chat_completion(model=model, messages=messages, params=params)
-        usage = llm.usage_of(body)
-        if usage is None:
-            usage = llm.estimate_usage(messages, llm.message_text(body))
-            body["usage"] = _usage_dict(usage)
-        if key_id is not None:
-            api_key_usage_record(
-                api_key_id=key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
-            )
-        return Response(body)
+
+        async def answer() -> Response:
+            body = await llm.chat_completion(model=model, messages=messages, params=params)
+            usage = llm.usage_of(body)
+            if usage is None:
+                usage = llm.estimate_usage(messages, llm.message_text(body))
+                body["usage"] = _usage_dict(usage)
+            if key_id is not None:
+                await _record_usage(
+                    api_key_id=key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+                )
+            return Response(body)
+
+        return deferred_json(answer, on_error=view_error_handler(self))
 
 
 class ModelOutput(serializers.Serializer):

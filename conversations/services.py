@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -105,8 +106,10 @@ def _context(conversation: Conversation, path: list[Message]) -> llm.ChatMessage
     return messages
 
 
-def _generate(*, model: str, context: llm.ChatMessages, autocontinue: bool, params: dict[str, Any]) -> llm.Completion:
-    completion = llm.complete(model=model, messages=context, params=params)
+async def _generate(
+    *, model: str, context: llm.ChatMessages, autocontinue: bool, params: dict[str, Any]
+) -> llm.Completion:
+    completion = await llm.complete(model=model, messages=context, params=params)
     if not autocontinue:
         return completion
     parts = [completion.content]
@@ -117,7 +120,7 @@ def _generate(*, model: str, context: llm.ChatMessages, autocontinue: bool, para
         try:
             # The partial reply goes back as the last assistant turn; the model carries on from it.
             continued = [*context, {"role": "assistant", "content": so_far}]
-            completion = llm.complete(model=model, messages=continued, params=params)
+            completion = await llm.complete(model=model, messages=continued, params=params)
         except BackendError:
             break  # keep what was generated; it is stored as cut off by length
         rounds += 1
@@ -209,14 +212,19 @@ def reply_store(
     return reply
 
 
-def reply_generate(*, job: ReplyJob) -> Message:
-    """Generate (non-streaming) and store the reply; on backend failure the prompt stays stored."""
+async def reply_generate(*, job: ReplyJob) -> Message:
+    """Generate (non-streaming) and store the reply; on backend failure the prompt stays stored.
+
+    Awaited on the event loop: the wait for the backend holds no thread, the store takes one briefly.
+    """
     try:
-        completion = _generate(model=job.model, context=job.context, autocontinue=job.autocontinue, params=job.params)
+        completion = await _generate(
+            model=job.model, context=job.context, autocontinue=job.autocontinue, params=job.params
+        )
     except BackendError as exc:
         job.backend_failed(exc)
         raise
-    return reply_store(
+    return await sync_to_async(reply_store)(
         job=job,
         content=completion.content,
         model=completion.model,
@@ -289,11 +297,6 @@ def conversation_ask_prepare(
     return _job(conversation=conversation, path=job_path, model=chosen_model, autocontinue=autocontinue, new=True)
 
 
-def conversation_ask(**kwargs) -> Message:
-    """Store the user's prompt, ask the model, store and return its reply (see conversation_ask_prepare)."""
-    return reply_generate(job=conversation_ask_prepare(**kwargs))
-
-
 def conversation_start_prepare(
     *,
     owner,
@@ -310,11 +313,6 @@ def conversation_start_prepare(
         owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt
     )
     return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
-
-
-def conversation_start(**kwargs) -> Message:
-    """A new conversation with its first exchange (see conversation_start_prepare)."""
-    return reply_generate(job=conversation_start_prepare(**kwargs))
 
 
 def complete_prepare(*, owner, content: str) -> ReplyJob:
@@ -435,10 +433,6 @@ def message_regenerate_prepare(
     chosen_model = llm.model_resolve(model or conversation.model)
     path = message_path_get(conversation=conversation, leaf_id=request_id)
     return _job(conversation=conversation, path=path, model=chosen_model, autocontinue=autocontinue, new=False)
-
-
-def message_regenerate(**kwargs) -> Message:
-    return reply_generate(job=message_regenerate_prepare(**kwargs))
 
 
 def message_delete(*, conversation: Conversation, message: Message) -> int:

@@ -23,6 +23,7 @@ from django.db import IntegrityError
 from django.http import HttpResponseBase, StreamingHttpResponse
 
 from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
+from chatapi.responses import LoopResponse
 from conversations import llm
 from conversations.models import Message
 from conversations.serializers import ReplyOutput
@@ -269,7 +270,7 @@ class _InternalError(ApplicationError):
 _INTERNAL_ERROR = _InternalError("Internal server error.")
 
 
-class PrimedStreamingResponse(StreamingHttpResponse):
+class PrimedStreamingResponse(StreamingHttpResponse, LoopResponse):
     """A stream whose first piece is awaited before the status line goes out (`chatapi.asgi` does it,
     on the event loop), so that a failure before anything was generated can still be an ordinary error
     response with its status: what OpenAI's SDKs need to raise the right exception.
@@ -292,7 +293,7 @@ class PrimedStreamingResponse(StreamingHttpResponse):
         self._on_failure = on_failure
         self._on_error = on_error
 
-    async def primed(self) -> HttpResponseBase:
+    async def finish(self) -> HttpResponseBase:
         """This response with its first piece in hand, or the error response if there is none."""
         try:
             first = await anext(self._source)

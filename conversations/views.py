@@ -13,9 +13,11 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from accounts.models import APIKey
 from chatapi.negotiation import StreamFriendlyNegotiation
+from chatapi.responses import deferred_json, view_error_handler
 from chatapi.schema import ERROR_RESPONSES
 from conversations import selectors, services, streaming
 from conversations.models import Conversation
@@ -54,15 +56,20 @@ def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
 
 
 def _reply(
-    request: Request, data: dict[str, Any], prepare: Callable[..., services.ReplyJob], **kwargs: Any
+    view: APIView, data: dict[str, Any], prepare: Callable[..., services.ReplyJob], **kwargs: Any
 ) -> HttpResponseBase:
     """Store the prompt, then answer with the reply as JSON (201) or as a stream of server-sent events."""
+    request = view.request
     stream = _wants_stream(request, data)
     job = prepare(**kwargs, **data)
     job.api_key_id = api_key_id(request)
     if not stream:
-        reply = services.reply_generate(job=job)
-        return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
+
+        async def answer() -> Response:
+            reply = await services.reply_generate(job=job)
+            return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
+
+        return deferred_json(answer, on_error=view_error_handler(view))
     request_data = MessageOutput(job.request).data if job.request_is_new else None
     return streaming.stream_response(
         streaming.reply_events(job, request_data=request_data),
@@ -133,7 +140,7 @@ class ConversationViewSet(viewsets.ViewSet):
     )
     def new(self, request: Request) -> Response:
         data = _validated(ConversationNewInput, request.data)
-        return _reply(request, data, services.conversation_start_prepare, owner=request.user)
+        return _reply(self, data, services.conversation_start_prepare, owner=request.user)
 
     @extend_schema(
         operation_id="conversations_retrieve",
@@ -188,7 +195,7 @@ class ConversationViewSet(viewsets.ViewSet):
     def ask(self, request: Request, conversation_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         data = _validated(AskInput, request.data)
-        return _reply(request, data, services.conversation_ask_prepare, conversation=conversation)
+        return _reply(self, data, services.conversation_ask_prepare, conversation=conversation)
 
     @extend_schema(
         operation_id="conversations_messages",
@@ -221,7 +228,7 @@ class ConversationViewSet(viewsets.ViewSet):
         conversation = self._conversation(request, conversation_id)
         message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
         data = _validated(RegenerateInput, request.data)
-        return _reply(request, data, services.message_regenerate_prepare, conversation=conversation, message=message)
+        return _reply(self, data, services.message_regenerate_prepare, conversation=conversation, message=message)
 
     @extend_schema(
         operation_id="conversations_message_destroy",

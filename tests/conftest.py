@@ -9,7 +9,6 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.services import api_key_create, user_create
-from conversations import llm
 from tests.fake_openai import FakeOpenAI
 
 FAKE_API_KEY = "sk-test-not-a-real-key"
@@ -34,7 +33,6 @@ def offline_backend(settings) -> None:
     settings.CHATAPI_DEFAULT_MODEL = "echo"
     settings.CHATAPI_BACKEND_MAX_RETRIES = 0
     settings.CHATAPI_BACKEND_TIMEOUT = 5.0
-    llm._client.cache_clear()
 
 
 @pytest.fixture(scope="session")

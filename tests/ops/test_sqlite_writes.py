@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection, connections, transaction
 
 from conversations import services
@@ -51,7 +52,7 @@ def test_many_threads_asking_at_once_all_get_their_turn(user):
         for turn in range(5):
             try:
                 job = services.conversation_ask_prepare(conversation=conversation, prompt=f"{worker}/{turn}")
-                services.reply_generate(job=job)
+                async_to_sync(services.reply_generate)(job=job)
             except BaseException as exc:  # reported below, with the assertion
                 errors.append(exc)
 
