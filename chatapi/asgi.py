@@ -82,7 +82,7 @@ class PooledASGIHandler(ASGIHandler):
             await self.send_response(answer, send)
         else:
             # A stream is cut short when the client goes away (its generator's clean-up stores what it has).
-            sending = asyncio.ensure_future(self.send_response(answer, send))
+            sending = asyncio.ensure_future(self._send_stream(answer, send))
             listening = asyncio.ensure_future(self.listen_for_disconnect(receive))
             await asyncio.wait((sending, listening), return_when=asyncio.FIRST_COMPLETED)
             for task in (listening, sending):
@@ -92,6 +92,36 @@ class PooledASGIHandler(ASGIHandler):
                     await task
         if response.streaming:  # the others were closed in their thread
             await asyncio.get_running_loop().run_in_executor(self.executor, response.close)
+
+    async def _send_stream(self, response: HttpResponseBase, send: Any) -> None:
+        """Send a streamed response; one marked with `keep_alive` gets its comment in every silence."""
+        keep_alive = getattr(response, "keep_alive", None)
+        if keep_alive is None:
+            await self.send_response(response, send)
+            return
+        comment, seconds = keep_alive
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        ended = False
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal last_sent, ended
+            last_sent = loop.time()
+            ended = message["type"] == "http.response.body" and not message.get("more_body", False)
+            await send(message)
+
+        async def ping_when_silent() -> None:
+            # One timer per stream, looked at once per silence, rather than a timeout around every piece.
+            while True:
+                await asyncio.sleep(last_sent + seconds - loop.time())
+                if not ended and loop.time() - last_sent >= seconds:
+                    await tracked_send({"type": "http.response.body", "body": comment, "more_body": True})
+
+        pinger = asyncio.ensure_future(ping_when_silent())
+        try:
+            await self.send_response(response, tracked_send)
+        finally:
+            pinger.cancel()
 
     async def _finished(self, response: LoopResponse) -> HttpResponseBase:
         answer = await response.finish()

@@ -36,6 +36,12 @@ async def close_loop_resources() -> None:
         await closer()
 
 
+def keep_alive(response: HttpResponseBase, comment: bytes, seconds: float) -> None:
+    """Have chatapi.asgi send `comment` on the stream `response` whenever nothing was sent for `seconds`,
+    so that proxies keep an idle stream open."""
+    response.keep_alive = (comment, seconds)
+
+
 class LoopResponse:
     """A response whose final form is made on the event loop: `finish()` gives the response to send."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -282,27 +283,29 @@ async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> Asy
         "model": job.model,
     }
     started = False
-    async for event in streaming.reply_stream(job):
-        if not started:
-            if isinstance(event, streaming.Failed):
-                # Nothing sent yet: an ordinary error response (PrimedStreamingResponse); the turn is stored.
-                event.error.headers = {**event.error.headers, "X-Conversation-Id": str(job.conversation.pk)}
-                raise event.error
-            started = True
-            role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            yield _data({**base, "choices": [role]})
-        if isinstance(event, streaming.Delta):
-            yield _data({**base, "choices": [{"index": 0, "delta": {"content": event.text}, "finish_reason": None}]})
-        elif isinstance(event, streaming.Done):
-            reply = event.reply
-            finish = {"index": 0, "delta": {}, "finish_reason": reply.finish_details}
-            yield _data({**base, "model": reply.model, "choices": [finish]})
-            if include_usage:
-                usage = llm.Usage(reply.prompt_tokens or 0, reply.completion_tokens or 0, reply.total_tokens or 0)
-                yield _data({**base, "model": reply.model, "choices": [], "usage": _usage_dict(usage)})
-            yield DONE
-        elif isinstance(event, streaming.Failed):
-            yield _error_data(event.error)
+    async with aclosing(streaming.reply_stream(job)) as events:
+        async for event in events:
+            if not started:
+                if isinstance(event, streaming.Failed):
+                    # Nothing sent yet: an ordinary error response (PrimedStreamingResponse); the turn is stored.
+                    event.error.headers = {**event.error.headers, "X-Conversation-Id": str(job.conversation.pk)}
+                    raise event.error
+                started = True
+                role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                yield _data({**base, "choices": [role]})
+            if isinstance(event, streaming.Delta):
+                piece = {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
+                yield _data({**base, "choices": [piece]})
+            elif isinstance(event, streaming.Done):
+                reply = event.reply
+                finish = {"index": 0, "delta": {}, "finish_reason": reply.finish_details}
+                yield _data({**base, "model": reply.model, "choices": [finish]})
+                if include_usage:
+                    usage = llm.Usage(reply.prompt_tokens or 0, reply.completion_tokens or 0, reply.total_tokens or 0)
+                    yield _data({**base, "model": reply.model, "choices": [], "usage": _usage_dict(usage)})
+                yield DONE
+            elif isinstance(event, streaming.Failed):
+                yield _error_data(event.error)
 
 
 def _internal_error() -> bytes:

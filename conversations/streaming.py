@@ -1,14 +1,13 @@
 """Streamed replies: server-sent events for the conversation API, plain text for /api/complete.
 
 The prompt is already stored (a ReplyJob) before the first byte. The reply is read from the backend
-by a producer task and forwarded piece by piece as it arrives; it is stored when the stream ends:
-complete, cut off by a backend failure, or interrupted because the client went away. Nothing here
-holds a thread while the stream is open.
+and forwarded piece by piece as it arrives, in the one task that sends the response; it is stored
+when the stream ends: complete, cut off by a backend failure, or interrupted because the client went
+away. Nothing here holds a thread while the stream is open.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,7 @@ from django.db import IntegrityError
 from django.http import HttpResponseBase, StreamingHttpResponse
 
 from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
-from chatapi.responses import LoopResponse
+from chatapi.responses import LoopResponse, keep_alive
 from conversations import llm
 from conversations.models import Message
 from conversations.serializers import ReplyOutput
@@ -38,27 +37,18 @@ NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @dataclass
 class _End:
-    """The producer is done: `chunk` is the final StreamChunk, or `error` the backend failure."""
+    """The backend is done: `chunk` is the final StreamChunk, or `error` the backend failure."""
 
     chunk: llm.StreamChunk | None = None
     error: BackendError | None = None
 
 
-class _Channel:
-    """The producer's pieces on their way to the response, and when the last one was put."""
+async def _pieces(job: ReplyJob) -> AsyncIterator[llm.StreamChunk | _End]:
+    """The backend's pieces for `job` as they arrive (across rounds, with autocontinue), then an _End.
 
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[llm.StreamChunk | _End | None] = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
-        self.last_put = self._loop.time()
-
-    def put(self, item: llm.StreamChunk | _End | None) -> None:
-        self.last_put = self._loop.time()
-        self.queue.put_nowait(item)
-
-
-async def _produce(job: ReplyJob, channel: _Channel) -> None:
-    """Read the backend's stream (and its continuations, with autocontinue) into `channel`."""
+    Read in the task that sends them on: no task or queue in between, and a client that reads slowly
+    slows the backend down rather than filling memory.
+    """
     context = job.context
     text: list[str] = []
     usage: llm.Usage | None = None
@@ -67,22 +57,23 @@ async def _produce(job: ReplyJob, channel: _Channel) -> None:
         while True:
             rounds += 1
             final: llm.StreamChunk | None = None
-            async for chunk in llm.stream(model=job.model, messages=context, params=job.params):
-                if chunk.finish_reason is None:
-                    text.append(chunk.delta)
-                    channel.put(chunk)
-                else:
-                    final = chunk
+            async with aclosing(llm.stream(model=job.model, messages=context, params=job.params)) as chunks:
+                async for chunk in chunks:
+                    if chunk.finish_reason is None:
+                        text.append(chunk.delta)
+                        yield chunk
+                    else:
+                        final = chunk
             assert final is not None
             usage = _add_usage(usage, final.usage) if rounds > 1 else final.usage
             more = job.autocontinue and final.finish_reason == "length"
             if not more or rounds >= settings.CHATAPI_AUTOCONTINUE_MAX_ROUNDS:
-                channel.put(_End(chunk=replace(final, usage=usage)))
+                yield _End(chunk=replace(final, usage=usage))
                 return
             # The partial reply goes back as the last assistant turn; the model carries on from it.
             context = [*job.context, {"role": "assistant", "content": "".join(text)}]
     except BackendError as exc:
-        channel.put(_End(error=exc))
+        yield _End(error=exc)
 
 
 def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
@@ -91,40 +82,6 @@ def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
     return llm.Usage(
         a.prompt_tokens + b.prompt_tokens, a.completion_tokens + b.completion_tokens, a.total_tokens + b.total_tokens
     )
-
-
-async def _pieces(job: ReplyJob) -> AsyncIterator[llm.StreamChunk | _End | None]:
-    """The backend's pieces for `job` as they come; None after `CHATAPI_SSE_PING_SECONDS` of silence."""
-    channel = _Channel()
-    producer = asyncio.create_task(_produce(job, channel))
-    pinger = asyncio.create_task(_ping_when_silent(channel, settings.CHATAPI_SSE_PING_SECONDS))
-    try:
-        while True:
-            item = await channel.queue.get()
-            yield item
-            if isinstance(item, _End):
-                return
-    finally:
-        # Client gone or stream over: stop the backend request (closing its HTTP connection).
-        pinger.cancel()
-        producer.cancel()
-        try:
-            await producer
-        except asyncio.CancelledError:
-            if not producer.cancelled():
-                raise
-
-
-async def _ping_when_silent(channel: _Channel, interval: float) -> None:
-    """Put a None (a ping) in the channel whenever nothing went through it for `interval` seconds.
-
-    One timer per stream, looked at once per interval, rather than a timeout around every piece.
-    """
-    loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(max(0.0, channel.last_put + interval - loop.time()))
-        if loop.time() - channel.last_put >= interval:
-            channel.put(None)
 
 
 _store = sync_to_async(reply_store)
@@ -151,9 +108,6 @@ class Failed:
     reply: Message | None
 
 
-Ping = None  # nothing happened for CHATAPI_SSE_PING_SECONDS
-
-
 async def _store_reply(job: ReplyJob, **fields: Any) -> tuple[Message | None, ApplicationError | None]:
     try:
         return await _store(job=job, **fields), None
@@ -163,7 +117,7 @@ async def _store_reply(job: ReplyJob, **fields: Any) -> tuple[Message | None, Ap
         return None, CONCURRENT_CHANGE
 
 
-async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed | None]:
+async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed]:
     """A reply as it is generated, stored when it ends; the formats below turn it into bytes.
 
     If the consumer stops early (the client went away), the backend request is cancelled and the
@@ -172,31 +126,30 @@ async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed | N
     text: list[str] = []
     stored = False
     try:
-        async for item in _pieces(job):
-            if item is None:
-                yield Ping
-            elif isinstance(item, llm.StreamChunk):
-                text.append(item.delta)
-                yield Delta(item.delta)
-            elif item.error is not None:
-                finish = Message.Finish.INTERRUPTED if text else Message.Finish.ERROR
-                stored = True
-                reply, _ = await _store_reply(
-                    job, content="".join(text), model=job.model, finish_details=finish, usage=None
-                )
-                yield Failed(job.backend_failed(item.error), reply)
-            else:
-                final = item.chunk
-                assert final is not None
-                stored = True
-                reply, error = await _store_reply(
-                    job,
-                    content="".join(text),
-                    model=final.model or job.model,
-                    finish_details=final.finish_reason,
-                    usage=final.usage,
-                )
-                yield Done(reply) if reply is not None else Failed(error or CONCURRENT_CHANGE, None)
+        async with aclosing(_pieces(job)) as pieces:
+            async for item in pieces:
+                if isinstance(item, llm.StreamChunk):
+                    text.append(item.delta)
+                    yield Delta(item.delta)
+                elif item.error is not None:
+                    finish = Message.Finish.INTERRUPTED if text else Message.Finish.ERROR
+                    stored = True
+                    reply, _ = await _store_reply(
+                        job, content="".join(text), model=job.model, finish_details=finish, usage=None
+                    )
+                    yield Failed(job.backend_failed(item.error), reply)
+                else:
+                    final = item.chunk
+                    assert final is not None
+                    stored = True
+                    reply, error = await _store_reply(
+                        job,
+                        content="".join(text),
+                        model=final.model or job.model,
+                        finish_details=final.finish_reason,
+                        usage=final.usage,
+                    )
+                    yield Done(reply) if reply is not None else Failed(error or CONCURRENT_CHANGE, None)
     finally:
         if not stored and text:
             reply, error = await _store_reply(
@@ -216,31 +169,31 @@ def _frame(seq: int, event: str, data: dict[str, Any]) -> bytes:
 
 
 async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncIterator[bytes]:
-    """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`; `: ping` in silences."""
+    """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`."""
     seq = count(1)
     reply_id = str(job.reply_id)
     created = {"conversation_id": str(job.conversation.pk), "request": request_data, "response_id": reply_id}
     yield _frame(next(seq), "created", created)
-    async for event in reply_stream(job):
-        if isinstance(event, Delta):
-            yield _frame(next(seq), "delta", {"id": reply_id, "delta": event.text})
-        elif isinstance(event, Done):
-            yield _frame(next(seq), "completed", {"response": ReplyOutput(event.reply).data})
-        elif isinstance(event, Failed):
-            exc = event.error
-            body = error_body(exc.message, type=exc.type, code=exc.code, details=exc.details)
-            yield _frame(next(seq), "error", {**body, "id": reply_id})
-        else:
-            yield PING
+    async with aclosing(reply_stream(job)) as events:
+        async for event in events:
+            if isinstance(event, Delta):
+                yield _frame(next(seq), "delta", {"id": reply_id, "delta": event.text})
+            elif isinstance(event, Done):
+                yield _frame(next(seq), "completed", {"response": ReplyOutput(event.reply).data})
+            else:
+                exc = event.error
+                body = error_body(exc.message, type=exc.type, code=exc.code, details=exc.details)
+                yield _frame(next(seq), "error", {**body, "id": reply_id})
 
 
 async def reply_text(job: ReplyJob) -> AsyncIterator[bytes]:
     """The reply as plain text, as it is generated (`/api/complete`); a failure ends it with `[error: …]`."""
-    async for event in reply_stream(job):
-        if isinstance(event, Delta):
-            yield event.text.encode()
-        elif isinstance(event, Failed):
-            yield f"\n[error: {event.error.message}]\n".encode()
+    async with aclosing(reply_stream(job)) as events:
+        async for event in events:
+            if isinstance(event, Delta):
+                yield event.text.encode()
+            elif isinstance(event, Failed):
+                yield f"\n[error: {event.error.message}]\n".encode()
 
 
 async def _guarded(content: AsyncIterator[bytes], on_error: Callable[[], bytes]) -> AsyncIterator[bytes]:
@@ -255,10 +208,14 @@ async def _guarded(content: AsyncIterator[bytes], on_error: Callable[[], bytes])
 
 
 def stream_response(
-    content: AsyncIterator[bytes], *, content_type: str, on_error: Callable[[], bytes]
+    content: AsyncIterator[bytes], *, content_type: str, on_error: Callable[[], bytes], ping: bool = False
 ) -> StreamingHttpResponse:
-    """A response that sends `content` as it is produced, with nothing between it and the client buffering."""
-    return StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
+    """A response that sends `content` as it is produced, with nothing between it and the client buffering;
+    with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS (sent by chatapi.asgi)."""
+    response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
+    if ping:
+        keep_alive(response, PING, settings.CHATAPI_SSE_PING_SECONDS)
+    return response
 
 
 class _InternalError(ApplicationError):

@@ -75,6 +75,7 @@ def _reply(
         streaming.reply_events(job, request_data=request_data),
         content_type="text/event-stream",
         on_error=streaming.internal_error_event,
+        ping=True,
     )
 
 
