@@ -98,8 +98,16 @@ class UsageOutput(serializers.Serializer):
     total_tokens = serializers.IntegerField()
 
 
+_DATETIME = serializers.DateTimeField()
+
+
 class MessageOutput(serializers.Serializer):
-    """A message; `context["children"]` maps message ids to their children's ids."""
+    """A message; `context["children"]` maps message ids to their children's ids.
+
+    The fields below describe the output (and the OpenAPI schema); `to_representation` writes it out
+    directly, because it runs for every message of every answer and DRF's generic path (copying the
+    declared fields, a call per field) cost ten times as much.
+    """
 
     id = serializers.UUIDField()
     conversation_id = serializers.UUIDField()
@@ -115,13 +123,30 @@ class MessageOutput(serializers.Serializer):
     create_time = serializers.DateTimeField(source="created_at")
     usage = serializers.SerializerMethodField()
 
+    def to_representation(self, message: Message) -> dict[str, Any]:
+        return {
+            "id": str(message.pk),
+            "conversation_id": str(message.conversation_id),
+            "parent_id": str(message.parent_id) if message.parent_id else None,
+            "children": self.get_children(message),
+            "author": self.get_author(message),
+            "message": message.content,
+            "model": self.get_model(message),
+            "finish_details": str(message.finish_details) if message.finish_details is not None else None,
+            "end_turn": self.get_end_turn(message),
+            "recipient": "all",
+            "citations": [],
+            "create_time": _DATETIME.to_representation(message.created_at),
+            "usage": self.get_usage(message),
+        }
+
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
     def get_children(self, message: Message) -> list[str]:
         return [str(child) for child in self.context.get("children", {}).get(message.pk, [])]
 
     @extend_schema_field(AuthorOutput)
     def get_author(self, message: Message) -> dict[str, Any]:
-        return {"role": message.role, "name": None, "metadata": {}}
+        return {"role": str(message.role), "name": None, "metadata": {}}
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_model(self, message: Message) -> str | None:
@@ -157,6 +182,12 @@ class ReplyOutput(MessageOutput):
 
     parent_id = serializers.UUIDField(source="pk", help_text="Send this as parent_id to continue the thread.")
     request_id = serializers.UUIDField(source="parent_id", help_text="The user message this answers.")
+
+    def to_representation(self, message: Message) -> dict[str, Any]:
+        data = super().to_representation(message)
+        data["parent_id"] = data["id"]
+        data["request_id"] = str(message.parent_id)
+        return data
 
 
 class AskOutput(serializers.Serializer):
