@@ -10,6 +10,7 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 from django.db.models.expressions import RawSQL
 
+from chatapi import rows
 from chatapi.errors import InvalidRequest, NotFound
 from chatapi.ids import parse_uuid
 from conversations.models import Conversation, Message
@@ -42,12 +43,13 @@ def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
     pk = parse_uuid(conversation_id)
     conversation = None
     if pk is not None:
-        # Raw: on the path of every conversation request, and the ORM's query building cost more than the query.
-        table = Conversation._meta.db_table
-        rows = Conversation.objects.raw(
-            f"SELECT * FROM {table} WHERE id = %s AND owner_id = %s", [_pk_param(pk), user.pk]
+        # Plain SQL: on the path of every conversation request, and the ORM cost more than the query.
+        found = rows.instances(
+            Conversation,
+            f"SELECT {rows.columns(Conversation)} FROM {Conversation._meta.db_table} WHERE id = %s AND owner_id = %s",
+            [_pk_param(pk), user.pk],
         )
-        conversation = next(iter(rows), None)
+        conversation = found[0] if found else None
     if conversation is None:
         raise NotFound("Conversation not found.", code="conversation_not_found")
     return conversation
@@ -84,14 +86,15 @@ def message_path_get(*, conversation: Conversation, leaf_id: object) -> list[Mes
     if pk is None:
         return []
     table = Message._meta.db_table
-    ancestors = Message.objects.raw(
+    ancestors = rows.instances(
+        Message,
         f"""
         WITH RECURSIVE path(id, parent_id) AS (
             SELECT id, parent_id FROM {table} WHERE id = %s AND conversation_id = %s
             UNION ALL
             SELECT m.id, m.parent_id FROM {table} m JOIN path p ON m.id = p.parent_id
         )
-        SELECT * FROM {table} WHERE id IN (SELECT id FROM path)
+        SELECT {rows.columns(Message)} FROM {table} WHERE id IN (SELECT id FROM path)
         """,
         [_pk_param(pk), _pk_param(conversation.pk)],
     )

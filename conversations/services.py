@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.services import api_key_usage_record
+from chatapi import rows
 from chatapi.errors import BackendError, InvalidRequest, NotFound
 from conversations import llm
 from conversations.models import Conversation, Message
@@ -190,7 +191,7 @@ def reply_store(
             api_key_usage_record(
                 api_key_id=job.api_key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
             )
-        reply = Message.objects.create(
+        reply = Message(
             id=job.reply_id,
             conversation=conversation,
             parent=job.request,
@@ -203,12 +204,13 @@ def reply_store(
             total_tokens=usage.total_tokens if usage else None,
             created_at=now,
         )
+        rows.insert(reply)
         fields = ["updated_at"]
         conversation.updated_at = now
         if finish_details != Message.Finish.ERROR:
             conversation.current_node = reply
             fields.append("current_node")
-        conversation.save(update_fields=fields)
+        rows.update(conversation, fields)
     return reply
 
 
@@ -282,17 +284,18 @@ def conversation_ask_prepare(
         else:
             path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
         now = timezone.now()
-        request = Message.objects.create(
+        request = Message(
             conversation=conversation,
             parent=path[-1] if path else None,
             role=Message.Role.USER,
             content=prompt,
             created_at=now,
         )
+        rows.insert(request)
         if not conversation.title:
             conversation.title = title_from_prompt(prompt)
             conversation.updated_at = now
-            conversation.save(update_fields=["title", "updated_at"])
+            rows.update(conversation, ["title", "updated_at"])
     job_path = [*path, request]
     return _job(conversation=conversation, path=job_path, model=chosen_model, autocontinue=autocontinue, new=True)
 
