@@ -28,6 +28,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
 
@@ -148,6 +149,8 @@ class PooledASGIHandler(ASGIHandler):
             # request_finished, in the thread that used the connections. A DeferredJSONResponse needs
             # nothing of the request's any more: what it makes on the loop, it makes from its own state.
             response.close()
+        else:
+            close_old_connections()  # this thread's; the response itself is closed when the stream ends
         return response
 
 

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -26,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.services import api_key_usage_record
+from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.responses import deferred_json, view_error_handler
@@ -224,7 +224,7 @@ def _error_data(exc: ApplicationError) -> bytes:
     return _data({"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
 
 
-_record_usage = sync_to_async(api_key_usage_record)
+_record_usage = db_work(api_key_usage_record)
 
 
 async def stateless_chunks(

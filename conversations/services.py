@@ -7,13 +7,13 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.services import api_key_usage_record
 from chatapi import rows
+from chatapi.db import db_work
 from chatapi.errors import BackendError, InvalidRequest, NotFound
 from conversations import llm
 from conversations.models import Conversation, Message
@@ -226,7 +226,7 @@ async def reply_generate(*, job: ReplyJob) -> Message:
     except BackendError as exc:
         job.backend_failed(exc)
         raise
-    return await sync_to_async(reply_store)(
+    return await db_work(reply_store)(
         job=job,
         content=completion.content,
         model=completion.model,

@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import IntegrityError
 from django.http import HttpResponseBase, StreamingHttpResponse
 
+from chatapi.db import db_work
 from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
 from chatapi.responses import LoopResponse, keep_alive
 from conversations import llm
@@ -84,7 +84,7 @@ def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
     )
 
 
-_store = sync_to_async(reply_store)
+_store = db_work(reply_store)
 
 
 @dataclass
