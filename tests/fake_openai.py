@@ -40,6 +40,8 @@ class _State:
     delay: float = 0.0
     chunk_delay: float = 0.0
     break_after: int | None = None  # streamed chunks before the connection is cut
+    gate: threading.Event | None = None  # when set, requests wait at it until release()
+    waiting: int = 0  # requests waiting at the gate
     streams_cut_by_client: int = 0
 
 
@@ -78,6 +80,7 @@ class FakeOpenAI:
         return f"http://{host}:{port}/v1"
 
     def reset(self) -> None:
+        self.release()
         with self.lock:
             self.state = _State()
 
@@ -94,6 +97,23 @@ class FakeOpenAI:
         """Wait this long before answering (to go past the service's timeout)."""
         with self.lock:
             self.state.delay = seconds
+
+    def hold(self) -> None:
+        """Keep every request waiting (as a model still generating) until release()."""
+        with self.lock:
+            self.state.gate = threading.Event()
+
+    def release(self) -> None:
+        with self.lock:
+            gate, self.state.gate = self.state.gate, None
+        if gate is not None:
+            gate.set()
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are being held (see hold())."""
+        with self.lock:
+            return self.state.waiting
 
     def stream_slowly(self, seconds_between_chunks: float) -> None:
         with self.lock:
@@ -179,6 +199,13 @@ class _Handler(BaseHTTPRequestHandler):
             fake.state.requests.append(body)
             fake.state.headers.append(dict(self.headers))
             delay = fake.state.delay
+            gate = fake.state.gate
+            if gate is not None:
+                fake.state.waiting += 1
+        if gate is not None:
+            gate.wait(timeout=30)
+            with fake.lock:
+                fake.state.waiting -= 1
         if delay:
             time.sleep(delay)
         failure = fake._take_failure()

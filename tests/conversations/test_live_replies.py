@@ -1,0 +1,90 @@
+"""Non-streamed replies served by uvicorn: awaited on the event loop, so waiting for the model holds no thread."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from django.conf import settings as django_settings
+
+from accounts.services import api_key_create
+from conversations.models import Message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def http(user, live_url) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {api_key_create(user=user)[1]}"
+    session.base_url = live_url  # type: ignore[attr-defined]
+    return session
+
+
+def wait_until(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_more_replies_can_wait_for_the_model_than_there_are_threads(user, live_url, backend):
+    # A reply being generated holds no view thread: all of them reach the backend at once.
+    count = django_settings.CHATAPI_THREADS + 8
+    keys = [api_key_create(user=user)[1] for _ in range(count)]
+    backend.hold()
+
+    def ask(i: int) -> requests.Response:
+        return requests.post(
+            f"{live_url}/conversations/new",
+            json={"prompt": f"question {i}"},
+            headers={"Authorization": f"Bearer {keys[i]}"},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(count) as pool:
+        answers = [pool.submit(ask, i) for i in range(count)]
+        all_waiting = wait_until(lambda: backend.waiting == count)
+        backend.release()
+        responses = [answer.result() for answer in answers]
+    assert all_waiting, f"only {backend.waiting} of {count} requests reached the backend together"
+    assert [r.status_code for r in responses] == [201] * count
+    for i, response in enumerate(responses):
+        assert response.json()["response"]["message"].endswith(f" to: question {i}")
+    assert Message.objects.filter(role="assistant").count() == count
+
+
+def test_a_reply_answers_with_the_middleware_headers_and_its_own_length(http, backend):
+    response = http.post(f"{http.base_url}/conversations/new", json={"prompt": "Hello"}, timeout=30)
+    assert response.status_code == 201
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    assert response.json()["response"]["message"] == "Reply 1 to: Hello"
+
+
+def test_a_backend_failure_after_the_view_returned_keeps_the_prompt(http, backend):
+    backend.fail(500)
+    response = http.post(f"{http.base_url}/conversations/new", json={"prompt": "Will this fail?"}, timeout=30)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["type"] == "backend_error"
+    stored = Message.objects.get(pk=error["details"]["message_id"])
+    assert stored.content == "Will this fail?"
+    assert not Message.objects.filter(role="assistant").exists()
+
+
+def test_openai_client_errors_keep_their_shape_on_the_loop(http, backend):
+    backend.fail(429, retry_after="7")
+    response = http.post(
+        f"{http.base_url}/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "7"
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
