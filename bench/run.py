@@ -56,6 +56,13 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far: what a request costs, however noisy the machine."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -155,6 +162,7 @@ class Client:
             timeout=aiohttp.ClientTimeout(total=120),
         )
         self.auth = {"Authorization": f"Bearer {stack.key}"}
+        self.pid = stack.service.pid
 
     async def close(self) -> None:
         await self.session.close()
@@ -255,12 +263,14 @@ async def scenario_overhead(client: Client, n: int) -> dict[str, Any]:
         await client.ask(conversation_id, parent_id)
         await client.direct()
     service, direct = [], []
+    cpu = cpu_seconds(client.pid)
     for _ in range(n):  # interleaved, so that both see the same machine
         service.append((await client.ask(conversation_id, parent_id))[0])
         direct.append((await client.direct())[0])
     ms = 1000
     return {
         "requests": n,
+        "service_cpu_ms_per_request": (cpu_seconds(client.pid) - cpu) / n * ms,
         "service_p50_ms": pct(service, 50) * ms,
         "service_p99_ms": pct(service, 99) * ms,
         "direct_p50_ms": pct(direct, 50) * ms,
@@ -278,11 +288,13 @@ async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
             await client.v1(stream)
             await client.direct(stream)
         service, direct = [], []
+        cpu = cpu_seconds(client.pid)
         # A stream lasts a second (50 chunks, 20 ms apart): fewer of them.
         for _ in range(n if not stream else max(10, n // 10)):
             service.append((await client.v1(stream))[0])
             direct.append((await client.direct(stream))[0])
         name = "stream" if stream else "non_stream"
+        out[f"{name}_service_cpu_ms_per_request"] = (cpu_seconds(client.pid) - cpu) / len(service) * 1000
         # A stream's total time is dominated by the backend's 50 × 20 ms: overhead is the difference.
         out[f"{name}_service_p50_ms"] = pct(service, 50) * 1000
         out[f"{name}_direct_p50_ms"] = pct(direct, 50) * 1000
@@ -300,11 +312,13 @@ async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
 async def scenario_throughput(client: Client, concurrency: int, total: int) -> dict[str, Any]:
     threads = [await client.new_conversation() for _ in range(concurrency)]
     await run_fixed(concurrency, concurrency * 4, lambda i: client.ask(*threads[i]))  # warm-up
+    cpu = cpu_seconds(client.pid)
     latencies, errors, wall = await run_fixed(concurrency, total, lambda i: client.ask(*threads[i]))
     return {
         "concurrency": concurrency,
         "requests": total,
         "errors": errors,
+        "service_cpu_ms_per_request": (cpu_seconds(client.pid) - cpu) / total * 1000,
         "req_per_s": len(latencies) / wall,
         "p50_ms": pct(latencies, 50) * 1000,
         "p99_ms": pct(latencies, 99) * 1000,
@@ -354,6 +368,7 @@ async def scenario_held_streams(client: Client, count: int, pid: int) -> dict[st
             await asyncio.sleep(0.05)
 
     sampler = asyncio.create_task(sample())
+    cpu = cpu_seconds(pid)
     started = time.perf_counter()
 
     async def one(i: int) -> tuple[float, bool]:
@@ -370,6 +385,7 @@ async def scenario_held_streams(client: Client, count: int, pid: int) -> dict[st
     totals = [t for t, ok in outcomes if ok]
     return {
         "streams": count,
+        "service_cpu_ms_per_stream": (cpu_seconds(pid) - cpu) / count * 1000,
         "errors": sum(1 for _, ok in outcomes if not ok),
         "total_p50_s": pct(totals, 50),
         "total_p99_s": pct(totals, 99),
@@ -477,7 +493,8 @@ def report(results: dict[str, Any]) -> str:
             (
                 "ask overhead, c=1 (service − direct)",
                 f"p50 {o['overhead_p50_ms']:.2f} ms, p99 {o['overhead_p99_ms']:.2f} ms "
-                f"(service p50 {o['service_p50_ms']:.2f} ms, direct p50 {o['direct_p50_ms']:.2f} ms)",
+                f"(service p50 {o['service_p50_ms']:.2f} ms, direct p50 {o['direct_p50_ms']:.2f} ms; "
+                f"service CPU {o['service_cpu_ms_per_request']:.2f} ms a request)",
             )
         )
     if "v1" in results:
@@ -486,7 +503,8 @@ def report(results: dict[str, Any]) -> str:
             (
                 "/v1 stateless overhead, c=1",
                 f"p50 {v['non_stream_overhead_p50_ms']:.2f} ms, p99 {v['non_stream_overhead_p99_ms']:.2f} ms "
-                f"(service p50 {v['non_stream_service_p50_ms']:.2f} ms, direct {v['non_stream_direct_p50_ms']:.2f} ms)",
+                f"(service p50 {v['non_stream_service_p50_ms']:.2f} ms, direct {v['non_stream_direct_p50_ms']:.2f} ms; "
+                f"service CPU {v['non_stream_service_cpu_ms_per_request']:.2f} ms a request)",
             )
         )
         rows.append(
@@ -502,7 +520,8 @@ def report(results: dict[str, Any]) -> str:
         rows.append(
             (
                 f"ask throughput, c={t['concurrency']}",
-                f"{t['req_per_s']:.0f} req/s, {t['errors']} errors, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms",
+                f"{t['req_per_s']:.0f} req/s, {t['errors']} errors, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms "
+                f"(service CPU {t['service_cpu_ms_per_request']:.2f} ms a request)",
             )
         )
     for t in results["ttfb"]:
@@ -518,7 +537,7 @@ def report(results: dict[str, Any]) -> str:
             (
                 f"{h['streams']} concurrent streams (50 × 20 ms)",
                 f"total p50 {h['total_p50_s']:.2f} s, p99 {h['total_p99_s']:.2f} s, {h['errors']} errors, "
-                f"peak RSS {h['peak_rss_mb']:.0f} MB",
+                f"peak RSS {h['peak_rss_mb']:.0f} MB, service CPU {h['service_cpu_ms_per_stream']:.1f} ms a stream",
             )
         )
     if "queries_per_ask" in results:
