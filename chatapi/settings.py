@@ -175,8 +175,8 @@ if CHATAPI_DEFAULT_MODEL not in CHATAPI_MODELS:
 CHATAPI_BACKEND_TIMEOUT = env_float("CHATAPI_BACKEND_TIMEOUT", 60.0)
 CHATAPI_BACKEND_MAX_RETRIES = env_int("CHATAPI_BACKEND_MAX_RETRIES", 2, minimum=0)
 CHATAPI_AUTOCONTINUE_MAX_ROUNDS = env_int("CHATAPI_AUTOCONTINUE_MAX_ROUNDS", 3, minimum=1)
-# Threads per worker process for the synchronous part of requests (a non-streamed reply holds one
-# while it waits for the backend; an open stream holds none).
+# Threads per worker process for the synchronous part of requests. A reply being generated holds
+# none: waiting for the backend is done on the event loop (chatapi.responses).
 CHATAPI_THREADS = env_int("CHATAPI_THREADS", 32, minimum=1)
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)
