@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -110,3 +111,12 @@ def _live_asgi_server(django_db_setup, django_db_blocker) -> Iterator[str]:
 def live_url(_live_asgi_server: str, transactional_db) -> str:
     """Base URL of the service served by uvicorn (ASGI) in this process; data must be committed to be seen."""
     return _live_asgi_server
+
+
+@pytest.fixture
+def http(user, live_url) -> requests.Session:
+    """A `requests` session with `user`'s key for the live server; its `base_url` is the server's."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {api_key_create(user=user)[1]}"
+    session.base_url = live_url  # type: ignore[attr-defined]
+    return session

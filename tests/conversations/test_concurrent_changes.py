@@ -6,20 +6,10 @@ import threading
 import time
 
 import pytest
-import requests
 
-from accounts.services import api_key_create
 from conversations.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def http(user, live_url) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {api_key_create(user=user)[1]}"
-    session.base_url = live_url  # type: ignore[attr-defined]
-    return session
 
 
 def ask_in_background(http, path, body) -> tuple[threading.Thread, dict]:

@@ -15,14 +15,6 @@ from conversations.models import Message
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def http(user, live_url) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {api_key_create(user=user)[1]}"
-    session.base_url = live_url  # type: ignore[attr-defined]
-    return session
-
-
 def wait_until(condition, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

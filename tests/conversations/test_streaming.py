@@ -8,21 +8,12 @@ import time
 import pytest
 import requests
 
-from accounts.services import api_key_create
 from conversations.models import Conversation, Message
 from tests.live import Event, read_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WORDS = " ".join(f"w{i}" for i in range(30))
-
-
-@pytest.fixture
-def http(user, live_url) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {api_key_create(user=user)[1]}"
-    session.base_url = live_url  # type: ignore[attr-defined]
-    return session
 
 
 def post_stream(http, path, body=None, **kwargs) -> requests.Response:
