@@ -70,10 +70,15 @@ class PooledASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
+        try:
+            await self._respond(scope, body_file, receive, send)
+        finally:
+            body_file.close()
+
+    async def _respond(self, scope: dict[str, Any], body_file: Any, receive: Any, send: Any) -> None:
         set_script_prefix(get_script_prefix(scope))
         request, error_response = self.create_request(scope, body_file)
         if request is None:
-            body_file.close()
             await self.send_response(error_response, send)
             return
         ON_LOOP.set(True)

@@ -21,8 +21,8 @@ def db_work(function: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     Under chatapi.asgi each call is treated like a request of its own: connections past
     CHATAPI_DB_CONN_MAX_AGE or broken are dropped before and after it, as request_started and
     request_finished do for the view threads; otherwise that thread's connection would never be checked
-    nor renewed. Anywhere else (Django's test client, a management command) the work runs in the
-    caller's thread, whose connections are the caller's business.
+    nor renewed. Anywhere else (Django's test client, which finishes responses in its own thread) the
+    work runs in the caller's thread, whose connections are the caller's business.
     """
 
     @wraps(function)
