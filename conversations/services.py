@@ -54,6 +54,13 @@ def _stored_model(model: str | None) -> str:
     return llm.model_resolve(model)
 
 
+def _conversation_insert(**fields: Any) -> Conversation:
+    """A new conversation, stored (plainly: new ones are made on the path of asks)."""
+    conversation = Conversation(**fields)
+    rows.insert(conversation)
+    return conversation
+
+
 def conversation_create(*, owner, title: str = "", model: str | None = None, system_prompt: str = "") -> Conversation:
     return Conversation.objects.create(
         owner=owner, title=title.strip(), model=_stored_model(model), system_prompt=system_prompt
@@ -312,7 +319,7 @@ def conversation_start_prepare(
     """`POST /conversations/new`: a new conversation with its first prompt stored."""
     _validate_prompt(prompt)
     stored_model = _stored_model(model)  # validates before anything is written
-    conversation = Conversation.objects.create(
+    conversation = _conversation_insert(
         owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt
     )
     return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
@@ -323,7 +330,7 @@ def complete_prepare(*, owner, content: str) -> ReplyJob:
     _validate_prompt(content, param="content")
     conversation = conversation_latest_for_origin(user=owner, origin=Conversation.Origin.COMPLETE)
     if conversation is None:
-        conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.COMPLETE)
+        conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.COMPLETE)
     return conversation_ask_prepare(conversation=conversation, prompt=content)
 
 
@@ -338,7 +345,7 @@ def compat_ask_prepare(
     elif parent_id is not None:
         conversation = conversation_of_message_for_user(user=owner, message_id=parent_id, param="parent_id")
     else:
-        conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.ASK)
+        conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.ASK)
     return conversation_ask_prepare(conversation=conversation, prompt=content, parent_id=parent_id)
 
 
@@ -378,7 +385,7 @@ def openai_turn_prepare(
     system = "\n\n".join(text for m, text in texts if m["role"] in ("system", "developer"))
     with transaction.atomic():
         if conversation_id == "new":
-            conversation = Conversation.objects.create(owner=owner, origin=Conversation.Origin.OPENAI)
+            conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.OPENAI)
         else:
             conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
             _lock(conversation)
@@ -405,12 +412,13 @@ def openai_turn_prepare(
             )
             added.append(parent)
             now += timedelta(microseconds=1)  # keeps them in order
-        Message.objects.bulk_create(added)
+        for message in added:
+            rows.insert(message)
         if not conversation.title:
             conversation.title = title_from_prompt(next(text for m, text in texts if m["role"] == "user"))
             fields.append("title")
         if fields:
-            conversation.save(update_fields=fields)
+            rows.update(conversation, fields)
     return _job(
         conversation=conversation,
         path=[*path, *added],
