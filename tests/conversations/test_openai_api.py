@@ -194,6 +194,40 @@ def test_stateful_mode_keeps_the_chat_across_three_turns(sdk, backend, api):
     assert api.get(f"/conversations/{conversation_id}").json()["system_prompt"] == "Be kind."
 
 
+def test_a_stateful_turn_of_several_messages_is_stored_in_order(sdk, backend, api):
+    # A client that starts a kept chat from a history it already has sends it all in the first turn.
+    backend.reply_with("Blue.")
+    first = sdk.chat.completions.with_raw_response.create(
+        model="test-model",
+        messages=[
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "Sky colour?"},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "And the sea?"},
+        ],
+        extra_headers={"X-Conversation-Id": "new"},
+    )
+    conversation_id = first.headers["x-conversation-id"]
+    assert backend.last_messages == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Sky colour?"},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "And the sea?"},
+    ]
+    messages = api.get(f"/conversations/{conversation_id}/messages").json()
+    assert [(m["author"]["role"], m["message"]) for m in messages] == [
+        ("user", "Sky colour?"),
+        ("assistant", "Blue."),
+        ("user", "And the sea?"),
+        ("assistant", "Blue."),
+    ]
+    assert [m["finish_details"] for m in messages] == [None, "stop", None, "stop"]
+    assert all(m["parent_id"] == p["id"] for p, m in zip(messages, messages[1:], strict=False))
+    conversation = api.get(f"/conversations/{conversation_id}").json()
+    assert conversation["system_prompt"] == "Answer in one word."
+    assert conversation["title"] == "Sky colour?"
+
+
 def test_stateful_streaming_stores_the_reply(sdk, backend):
     backend.reply_with("streamed and stored")
     stream = sdk.chat.completions.with_raw_response.create(
