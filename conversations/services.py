@@ -62,9 +62,8 @@ def _conversation_insert(**fields: Any) -> Conversation:
 
 
 def conversation_create(*, owner, title: str = "", model: str | None = None, system_prompt: str = "") -> Conversation:
-    return Conversation.objects.create(
-        owner=owner, title=title.strip(), model=_stored_model(model), system_prompt=system_prompt
-    )
+    stored_model = _stored_model(model)  # validates before anything is written
+    return _conversation_insert(owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt)
 
 
 def conversation_update(
@@ -221,6 +220,10 @@ def reply_store(
     return reply
 
 
+# reply_store awaited from the event loop (chatapi.db): after a reply was generated there.
+reply_store_on_loop = db_work(reply_store)
+
+
 async def reply_generate(*, job: ReplyJob) -> Message:
     """Generate (non-streaming) and store the reply; on backend failure the prompt stays stored.
 
@@ -233,7 +236,7 @@ async def reply_generate(*, job: ReplyJob) -> Message:
     except BackendError as exc:
         job.backend_failed(exc)
         raise
-    return await db_work(reply_store)(
+    return await reply_store_on_loop(
         job=job,
         content=completion.content,
         model=completion.model,
@@ -318,10 +321,7 @@ def conversation_start_prepare(
 ) -> ReplyJob:
     """`POST /conversations/new`: a new conversation with its first prompt stored."""
     _validate_prompt(prompt)
-    stored_model = _stored_model(model)  # validates before anything is written
-    conversation = _conversation_insert(
-        owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt
-    )
+    conversation = conversation_create(owner=owner, title=title, model=model, system_prompt=system_prompt)
     return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
 
 

@@ -20,13 +20,12 @@ from django.conf import settings
 from django.db import IntegrityError
 from django.http import HttpResponseBase, StreamingHttpResponse
 
-from chatapi.db import db_work
 from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
 from chatapi.responses import LoopResponse, keep_alive
 from conversations import llm
 from conversations.models import Message
 from conversations.serializers import ReplyOutput
-from conversations.services import ReplyJob, reply_store
+from conversations.services import ReplyJob, reply_store_on_loop
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +83,6 @@ def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
     )
 
 
-_store = db_work(reply_store)
-
-
 @dataclass
 class Delta:
     text: str
@@ -110,7 +106,7 @@ class Failed:
 
 async def _store_reply(job: ReplyJob, **fields: Any) -> tuple[Message | None, ApplicationError | None]:
     try:
-        return await _store(job=job, **fields), None
+        return await reply_store_on_loop(job=job, **fields), None
     except ApplicationError as exc:
         return None, exc
     except IntegrityError:
