@@ -32,6 +32,8 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
 
+from chatapi.affinity import pin_worker, unpin_worker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatapi.settings")
 
 
@@ -53,15 +55,19 @@ class PooledASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        """Start-up needs nothing; at shutdown, close the model backend's clients and the thread pool."""
+        """At start-up, the worker takes a CPU core of its own (chatapi.affinity); at shutdown, it closes
+        the model backend's clients and the thread pool, and gives the core back."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if settings.CHATAPI_PIN_CPU:
+                    pin_worker()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await close_loop_resources()
                 # Ending the pool's threads drops their database connections with them.
                 await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
+                unpin_worker()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -178,6 +178,9 @@ CHATAPI_AUTOCONTINUE_MAX_ROUNDS = env_int("CHATAPI_AUTOCONTINUE_MAX_ROUNDS", 3, 
 # Threads per worker process for the synchronous part of requests. A reply being generated holds
 # none: waiting for the backend is done on the event loop (chatapi.responses).
 CHATAPI_THREADS = env_int("CHATAPI_THREADS", 32, minimum=1)
+# Each worker process keeps to a CPU core of its own: far less CPU lost handing the GIL between
+# cores (chatapi.affinity).
+CHATAPI_PIN_CPU = env_bool("CHATAPI_PIN_CPU", True)
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)
 # A key's `last_used_at` is written at most this often (seconds), not on every request.

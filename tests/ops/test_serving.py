@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,23 +23,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """uvicorn serving chatapi on a fresh SQLite file with no backend (the echo model); yields (url, key)."""
-    db = tmp_path_factory.mktemp("served") / "db.sqlite3"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_"))}
-    env.update({"DATABASE_URL": f"sqlite:///{db}", "DEBUG": "true"})
-
-    def manage(*args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    manage("migrate", "--noinput")
-    manage("create_user", "alice", "--email", "alice@example.com")
-    key = manage("create_api_key", "alice", "--name", "laptop").strip()
+@contextmanager
+def _serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    """uvicorn serving chatapi with `env` until the block ends; yields (url, process) once it is healthy."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "chatapi.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
@@ -60,10 +47,37 @@ def served(tmp_path_factory) -> Iterator[tuple[str, str]]:
             if server.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"uvicorn did not become healthy: {server.stderr.read() if server.stderr else ''}")
             time.sleep(0.1)
-        yield url, key
+        yield url, server
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> tuple[dict[str, str], str]:
+    """A fresh SQLite file, migrated, with a user and a key, and no backend (the echo model): (env, key)."""
+    db = tmp_path_factory.mktemp("served") / "db.sqlite3"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_"))}
+    env.update({"DATABASE_URL": f"sqlite:///{db}", "DEBUG": "true"})
+
+    def manage(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    manage("migrate", "--noinput")
+    manage("create_user", "alice", "--email", "alice@example.com")
+    return env, manage("create_api_key", "alice", "--name", "laptop").strip()
+
+
+@pytest.fixture(scope="module")
+def served(site) -> Iterator[tuple[str, str]]:
+    """uvicorn serving chatapi on the fresh site; yields (url, key)."""
+    env, key = site
+    with _serving(env) as (url, _):
+        yield url, key
 
 
 def test_a_branching_conversation_over_http_with_the_echo_model(served):
@@ -98,3 +112,36 @@ def test_bare_authorization_header_and_401_over_http(served):
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert response.json()["error"]["type"] == "authentication_error"
+
+
+def _cores(process: subprocess.Popen) -> set[int]:
+    """The CPU cores the process's main thread may run on."""
+    with open(f"/proc/{process.pid}/status") as status:
+        allowed = next(line for line in status if line.startswith("Cpus_allowed_list:")).split(":")[1].strip()
+    cores: set[int] = set()
+    for part in allowed.split(","):
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return cores
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2 or not os.path.exists("/proc/self/status"),
+    reason="pinning workers to cores needs Linux and at least two CPU cores",
+)
+def test_each_worker_keeps_to_a_cpu_core_of_its_own_unless_told_not_to(site, tmp_path):
+    env, key = site
+    # The cores held are known by lock files in the temporary directory: one of the test's own, so
+    # that no other server on this machine holds any.
+    env = {**env, "TMPDIR": str(tmp_path)}
+    everywhere = os.sched_getaffinity(0)
+    with _serving(env) as (first_url, first), _serving(env) as (second_url, second):
+        assert len(_cores(first)) == 1 and len(_cores(second)) == 1
+        assert _cores(first) != _cores(second)
+        for url in (first_url, second_url):  # and they serve
+            assert requests.get(f"{url}/conversations", headers={"Authorization": key}, timeout=10).status_code == 200
+        with _serving({**env, "CHATAPI_PIN_CPU": "false"}) as (_, unpinned):
+            assert _cores(unpinned) == everywhere
+    # A stopped worker gives its core back: the next one takes it.
+    with _serving(env) as (_, third):
+        assert len(_cores(third)) == 1
