@@ -30,9 +30,9 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
-from django.urls import set_script_prefix
+from django.urls import get_resolver, set_script_prefix
 
-from chatapi.affinity import pin_worker, unpin_worker
+from chatapi.worker import worker_started, worker_stopping
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatapi.settings")
 
@@ -55,19 +55,21 @@ class PooledASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        """At start-up, the worker takes a CPU core of its own (chatapi.affinity); at shutdown, it closes
-        the model backend's clients and the thread pool, and gives the core back."""
+        """At start-up, the worker sets itself up for speed (chatapi.worker); at shutdown, it closes the
+        model backend's clients and the thread pool, and undoes that set-up."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if settings.CHATAPI_PIN_CPU:
-                    pin_worker()
+                # The URLconf, and with it every view, is loaded now rather than by the first request:
+                # it is part of what lives as long as the worker.
+                get_resolver().url_patterns  # noqa: B018
+                worker_started(pin=settings.CHATAPI_PIN_CPU)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await close_loop_resources()
                 # Ending the pool's threads drops their database connections with them.
                 await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown)
-                unpin_worker()
+                worker_stopping()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -179,7 +179,7 @@ CHATAPI_AUTOCONTINUE_MAX_ROUNDS = env_int("CHATAPI_AUTOCONTINUE_MAX_ROUNDS", 3, 
 # none: waiting for the backend is done on the event loop (chatapi.responses).
 CHATAPI_THREADS = env_int("CHATAPI_THREADS", 32, minimum=1)
 # Each worker process keeps to a CPU core of its own: far less CPU lost handing the GIL between
-# cores (chatapi.affinity).
+# cores (chatapi.worker).
 CHATAPI_PIN_CPU = env_bool("CHATAPI_PIN_CPU", True)
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)

@@ -1,20 +1,27 @@
-"""Each worker process on a CPU core of its own (`CHATAPI_PIN_CPU`, on by default).
+"""A worker process set up for speed when it starts, and put back when it stops (chatapi.asgi's lifespan).
 
-A worker runs Python on one core at a time (the GIL), but its threads (the event loop, the view
-threads, the database's) hand the GIL to each other at every query and every socket wait, thousands
-of times a second. When the kernel spreads these threads over several cores, each hand-over wakes a
-thread on another core; kept on one core, it is an ordinary switch. In the benchmark (one worker,
-two cores) the same asks cost 40% less CPU pinned, and the worker served 1.6 times as many.
+**A CPU core of its own** (`CHATAPI_PIN_CPU`, on by default). A worker runs Python on one core at a
+time (the GIL), but its threads (the event loop, the view threads, the database's) hand the GIL to
+each other at every query and every socket wait, thousands of times a second. When the kernel
+spreads these threads over several cores, each hand-over wakes a thread on another core; kept on one
+core, it is an ordinary switch. In the benchmark (one worker, two cores), pinned, the same asks cost
+about 40% less CPU and the worker served 1.6 times as many.
 
-A worker takes the first core that no other worker on the machine holds: a lock file per core in
+A worker takes the first core that no other worker of the same user holds: a lock file per core in
 the temporary directory, released when the worker stops (or dies). With more workers than cores,
 the ones left over are not pinned and the kernel places them.
+
+**A garbage collector that keeps out of the way.** What start-up made lives as long as the worker, so
+it is frozen out of every collection (`gc.freeze`), and the youngest generation is collected every
+20,000 new container objects instead of 700: a request makes hundreds, and reference counting frees
+most of them anyway. In the benchmark, asks cost about 5% less CPU and streams 8-15% less.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import tempfile
@@ -46,6 +53,30 @@ def _set_all(cores: set[int]) -> None:
 
 def _lock_path(core: int) -> str:
     return os.path.join(tempfile.gettempdir(), f"chatapi-{os.getuid()}-cpu{core}.lock")
+
+
+GC_THRESHOLDS = (20_000, 20, 100)
+
+
+class _GC:
+    before: tuple[int, int, int] | None = None
+
+
+def worker_started(*, pin: bool) -> None:
+    if pin:
+        pin_worker()
+    if _GC.before is None:
+        _GC.before = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+
+def worker_stopping() -> None:
+    unpin_worker()
+    if _GC.before is not None:
+        gc.set_threshold(*_GC.before)
+        gc.unfreeze()
+        _GC.before = None
 
 
 def pin_worker() -> int | None:
