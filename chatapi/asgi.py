@@ -20,7 +20,7 @@ import asyncio
 import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from typing import Any
 
 import django
@@ -108,34 +108,36 @@ class PooledASGIHandler(ASGIHandler):
             await asyncio.get_running_loop().run_in_executor(self.executor, response.close)
 
     async def _send_stream(self, response: HttpResponseBase, send: Any) -> None:
-        """Send a streamed response; one marked with `keep_alive` gets its comment in every silence."""
-        keep_alive = getattr(response, "keep_alive", None)
-        if keep_alive is None:
-            await self.send_response(response, send)
-            return
-        comment, seconds = keep_alive
+        """Send a streamed response piece by piece as its iterator gives them (Django's own sender also
+        splits every piece into 64 KB chunks); one marked with `keep_alive` gets its comment in every
+        silence."""
+        await send(_start_message(response))
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
-        ended = False
+        pinger = None
+        keep_alive = getattr(response, "keep_alive", None)
+        if keep_alive is not None:
+            comment, seconds = keep_alive
 
-        async def tracked_send(message: dict[str, Any]) -> None:
-            nonlocal last_sent, ended
-            last_sent = loop.time()
-            ended = message["type"] == "http.response.body" and not message.get("more_body", False)
-            await send(message)
+            async def ping_when_silent() -> None:
+                # One timer per stream, looked at once per silence, rather than a timeout around every piece.
+                nonlocal last_sent
+                while True:
+                    await asyncio.sleep(last_sent + seconds - loop.time())
+                    if loop.time() - last_sent >= seconds:
+                        last_sent = loop.time()
+                        await send({"type": "http.response.body", "body": comment, "more_body": True})
 
-        async def ping_when_silent() -> None:
-            # One timer per stream, looked at once per silence, rather than a timeout around every piece.
-            while True:
-                await asyncio.sleep(last_sent + seconds - loop.time())
-                if not ended and loop.time() - last_sent >= seconds:
-                    await tracked_send({"type": "http.response.body", "body": comment, "more_body": True})
-
-        pinger = asyncio.ensure_future(ping_when_silent())
+            pinger = asyncio.ensure_future(ping_when_silent())
         try:
-            await self.send_response(response, tracked_send)
+            async with aclosing(aiter(response)) as content:
+                async for part in content:
+                    last_sent = loop.time()
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
         finally:
-            pinger.cancel()
+            if pinger is not None:
+                pinger.cancel()
+        await send({"type": "http.response.body"})
 
     async def _finished(self, response: LoopResponse) -> HttpResponseBase:
         answer = await response.finish()
@@ -165,6 +167,14 @@ class PooledASGIHandler(ASGIHandler):
         else:
             close_old_connections()  # this thread's; the response itself is closed when the stream ends
         return response
+
+
+def _start_message(response: HttpResponseBase) -> dict[str, Any]:
+    """The `http.response.start` message of a response: its status, headers and cookies."""
+    headers = [(header.encode("ascii"), value.encode("latin1")) for header, value in response.items()]
+    for cookie in response.cookies.values():
+        headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+    return {"type": "http.response.start", "status": response.status_code, "headers": headers}
 
 
 django.setup(set_prefix=False)

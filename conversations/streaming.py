@@ -164,6 +164,13 @@ def _frame(seq: int, event: str, data: dict[str, Any]) -> bytes:
     return f"id: {seq}\nevent: {event}\ndata: {payload}\n\n".encode()
 
 
+def _delta_frame(seq: int, reply_id: str, text: str) -> bytes:
+    """`_frame(seq, "delta", {"id": reply_id, "delta": text})`, the event sent most, byte for byte: only
+    the text is encoded as JSON (the id is a UUID, which needs no escaping)."""
+    text_json = json.dumps(text, ensure_ascii=False)
+    return f'id: {seq}\nevent: delta\ndata: {{"id":"{reply_id}","delta":{text_json}}}\n\n'.encode()
+
+
 async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncIterator[bytes]:
     """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`."""
     seq = count(1)
@@ -173,7 +180,7 @@ async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) ->
     async with aclosing(reply_stream(job)) as events:
         async for event in events:
             if isinstance(event, Delta):
-                yield _frame(next(seq), "delta", {"id": reply_id, "delta": event.text})
+                yield _delta_frame(next(seq), reply_id, event.text)
             elif isinstance(event, Done):
                 yield _frame(next(seq), "completed", {"response": ReplyOutput(event.reply).data})
             else:
