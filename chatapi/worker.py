@@ -20,7 +20,6 @@ most of them anyway. In the benchmark, asks cost about 5% less CPU and streams 8
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import logging
 import os
@@ -83,6 +82,8 @@ def pin_worker() -> int | None:
     """Keep this process on a core no other chatapi worker holds; the core, or None if not pinned."""
     if _Pin.core is not None or not hasattr(os, "sched_setaffinity"):
         return _Pin.core
+    import fcntl  # where there is sched_setaffinity (Linux), there is fcntl
+
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2:
         return None
