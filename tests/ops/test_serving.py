@@ -142,6 +142,9 @@ def test_each_worker_keeps_to_a_cpu_core_of_its_own_unless_told_not_to(site, tmp
             assert requests.get(f"{url}/conversations", headers={"Authorization": key}, timeout=10).status_code == 200
         with _serving({**env, "CHATAPI_PIN_CPU": "false"}) as (_, unpinned):
             assert _cores(unpinned) == everywhere
+        if len(everywhere) == 2:  # every core is held: a third worker is left where the kernel puts it
+            with _serving(env) as (_, third):
+                assert _cores(third) == everywhere
     # A stopped worker gives its core back: the next one takes it.
-    with _serving(env) as (_, third):
-        assert len(_cores(third)) == 1
+    with _serving(env) as (_, fourth):
+        assert len(_cores(fourth)) == 1
