@@ -84,7 +84,12 @@ def pin_worker() -> int | None:
         _set_all({core})
         logger.info("Worker %d runs on CPU core %d (CHATAPI_PIN_CPU).", os.getpid(), core)
         return core
-    logger.info("Every CPU core has a chatapi worker already: worker %d is not pinned.", os.getpid())
+    logger.info(
+        "No CPU core is free for worker %d (each is held by another chatapi worker, or its lock file in %s "
+        "could not be opened): it is not pinned.",
+        os.getpid(),
+        tempfile.gettempdir(),
+    )
     return None
 
 
