@@ -123,5 +123,5 @@ class CompleteView(APIView):
         return streaming.stream_response(
             streaming.reply_text(job),
             content_type="text/plain; charset=utf-8",
-            on_error=lambda: b"\n[error: Internal server error.]\n",
+            on_error=lambda _sent: b"\n[error: Internal server error.]\n",
         )

@@ -308,7 +308,8 @@ async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> Asy
                 yield _error_data(event.error)
 
 
-def _internal_error() -> bytes:
+def _internal_error(_chunks_sent: int) -> bytes:
+    """The last chunk of a stream broken by a bug (OpenAI's chunks carry no sequence number)."""
     return _data({"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}})
 
 

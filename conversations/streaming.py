@@ -199,22 +199,30 @@ async def reply_text(job: ReplyJob) -> AsyncIterator[bytes]:
                 yield f"\n[error: {event.error.message}]\n".encode()
 
 
-async def _guarded(content: AsyncIterator[bytes], on_error: Callable[[], bytes]) -> AsyncIterator[bytes]:
-    """`content`, but a bug inside it ends the stream with `on_error()` (and a log entry), not a cut connection."""
+# Makes the last piece of a stream that failed on a bug, from the number of pieces sent before it.
+OnError = Callable[[int], bytes]
+
+
+async def _guarded(content: AsyncIterator[bytes], on_error: OnError) -> AsyncIterator[bytes]:
+    """`content`, but a bug inside it ends the stream with `on_error(pieces sent)` (and a log entry),
+    not a cut connection."""
+    sent = 0
     async with aclosing(content):
         try:
             async for part in content:
                 yield part
+                sent += 1
         except Exception:
             logger.exception("A streamed response failed")
-            yield on_error()
+            yield on_error(sent)
 
 
 def stream_response(
-    content: AsyncIterator[bytes], *, content_type: str, on_error: Callable[[], bytes], ping: bool = False
+    content: AsyncIterator[bytes], *, content_type: str, on_error: OnError, ping: bool = False
 ) -> StreamingHttpResponse:
-    """A response that sends `content` as it is produced, with nothing between it and the client buffering;
-    with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS (sent by chatapi.asgi)."""
+    """A response that sends `content` as it is produced, with nothing between it and the client buffering
+    (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS
+    (sent by chatapi.asgi)."""
     response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
     if ping:
         keep_alive(response, PING, settings.CHATAPI_SSE_PING_SECONDS)
@@ -245,7 +253,7 @@ class PrimedStreamingResponse(StreamingHttpResponse, LoopResponse):
         *,
         on_failure: Callable[[ApplicationError], HttpResponseBase],
         content_type: str,
-        on_error: Callable[[], bytes],
+        on_error: OnError,
     ) -> None:
         # Unprimed (served some other way than by chatapi.asgi), it is an ordinary stream.
         super().__init__(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
@@ -277,6 +285,7 @@ async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes
             yield part
 
 
-def internal_error_event() -> bytes:
+def internal_error_event(events_sent: int) -> bytes:
+    """The `error` event that ends a conversation stream broken by a bug: next in the `id` sequence."""
     body = error_body("Internal server error.", type="server_error", code="internal_error")
-    return _frame(0, "error", body)
+    return _frame(events_sent + 1, "error", body)

@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from conversations import streaming
 from conversations.models import Conversation, Message
 from tests.live import Event, read_events
 
@@ -166,6 +167,20 @@ def test_backend_failing_mid_stream_sends_an_error_event_and_keeps_the_partial_t
     assert reply.finish_details == "interrupted"
     assert reply.content == deltas
     assert Message.objects.filter(role="user", content="crash").exists()
+
+
+def test_a_bug_mid_stream_ends_it_with_an_error_event_next_in_the_sequence(http, backend, monkeypatch):
+    def broken(reply):
+        raise RuntimeError("a bug while writing the completed event")
+
+    monkeypatch.setattr(streaming, "ReplyOutput", broken)
+    events = events_of(post_stream(http, "/conversations/new", {"prompt": "Count for me", "stream": True}))
+    assert [e.event for e in events[:2]] == ["created", "delta"]
+    assert events[-1].event == "error"
+    assert events[-1].data["error"]["code"] == "internal_error"
+    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    # The reply itself was stored before the event that failed.
+    assert Message.objects.get(role="assistant").content == "Reply 1 to: Count for me"
 
 
 def test_a_ping_is_sent_when_the_backend_is_silent(http, backend, settings):
