@@ -19,7 +19,6 @@ most of them anyway. In the benchmark, asks cost about 5% less CPU and streams 8
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
@@ -80,8 +79,14 @@ def pin_worker() -> int | None:
         except OSError:
             os.close(fd)
             continue
+        try:
+            _set_all({core})
+        except OSError as exc:  # not allowed here (a sandbox, say): pinning is a speed-up, never a failure
+            _set_all(allowed, quietly=True)
+            os.close(fd)
+            logger.warning("Worker %d could not be pinned to CPU core %d: %s", os.getpid(), core, exc)
+            return None
         _Pin.core, _Pin.lock_fd, _Pin.before = core, fd, allowed
-        _set_all({core})
         logger.info("Worker %d runs on CPU core %d (CHATAPI_PIN_CPU).", os.getpid(), core)
         return core
     logger.info(
@@ -97,7 +102,7 @@ def unpin_worker() -> None:
     """Undo pin_worker: the process may run on its cores of before again, and the core is free."""
     if _Pin.core is None or _Pin.lock_fd is None:
         return
-    _set_all(_Pin.before)
+    _set_all(_Pin.before, quietly=True)
     os.close(_Pin.lock_fd)  # releases the lock
     _Pin.core, _Pin.lock_fd = None, None
 
@@ -106,10 +111,16 @@ def _lock_path(core: int) -> str:
     return os.path.join(tempfile.gettempdir(), f"chatapi-{os.getuid()}-cpu{core}.lock")
 
 
-def _set_all(cores: set[int]) -> None:
+def _set_all(cores: set[int], *, quietly: bool = False) -> None:
+    """Every thread of this process on `cores`; with `quietly`, a thread that cannot be moved is left."""
     for tid in _threads():
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+        try:
             os.sched_setaffinity(tid, cores)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+        except OSError:
+            if not quietly:
+                raise
 
 
 def _threads() -> list[int]:
