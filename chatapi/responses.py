@@ -93,15 +93,9 @@ class DeferredJSONResponse(HttpResponse, LoopResponse):
         return self
 
 
-def deferred_json(
-    produce: Callable[[], Awaitable[Response]], *, on_error: Callable[[Exception], Response]
-) -> HttpResponseBase:
-    """The answer `produce()` makes, awaited on the event loop (see DeferredJSONResponse)."""
-    return finish_here(DeferredJSONResponse(produce, on_error=on_error))
-
-
-def view_error_handler(view: Any) -> Callable[[Exception], Response]:
-    """A DRF view's exception handler, for errors raised after the view returned."""
+def deferred_json(produce: Callable[[], Awaitable[Response]], *, view: Any) -> HttpResponseBase:
+    """The answer `produce()` makes, awaited on the event loop (see DeferredJSONResponse); an error it
+    raises goes through the DRF `view`'s own exception handler, as if the view had raised it."""
     handler = view.get_exception_handler()
     context = view.get_exception_handler_context()
-    return lambda exc: handler(exc, context)
+    return finish_here(DeferredJSONResponse(produce, on_error=lambda exc: handler(exc, context)))

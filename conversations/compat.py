@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import StrictCharField
 from chatapi.negotiation import StreamFriendlyNegotiation
-from chatapi.responses import deferred_json, view_error_handler
+from chatapi.responses import deferred_json
 from conversations import services, streaming
 from conversations.views import api_key_id
 
@@ -94,7 +94,7 @@ class AskView(APIView):
                 }
             )
 
-        return deferred_json(answer, on_error=view_error_handler(self))
+        return deferred_json(answer, view=self)
 
 
 class CompleteView(APIView):

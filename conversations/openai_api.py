@@ -28,7 +28,7 @@ from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
-from chatapi.responses import deferred_json, view_error_handler
+from chatapi.responses import deferred_json
 from conversations import llm, services, streaming
 from conversations.models import Message
 from conversations.views import api_key_id
@@ -433,7 +433,7 @@ class ChatCompletionsView(_OpenAIView):
                     raise
                 return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
 
-            return deferred_json(stored_answer, on_error=view_error_handler(self))
+            return deferred_json(stored_answer, view=self)
         if stream:
             content = stateless_chunks(
                 model=model, messages=messages, params=params, include_usage=include_usage, key_id=key_id
@@ -452,7 +452,7 @@ class ChatCompletionsView(_OpenAIView):
                 )
             return Response(body)
 
-        return deferred_json(answer, on_error=view_error_handler(self))
+        return deferred_json(answer, view=self)
 
 
 class ModelOutput(serializers.Serializer):

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from accounts.models import APIKey
 from chatapi.negotiation import StreamFriendlyNegotiation
-from chatapi.responses import deferred_json, view_error_handler
+from chatapi.responses import deferred_json
 from chatapi.schema import ERROR_RESPONSES
 from conversations import selectors, services, streaming
 from conversations.models import Conversation
@@ -69,7 +69,7 @@ def _reply(
             reply = await services.reply_generate(job=job)
             return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
 
-        return deferred_json(answer, on_error=view_error_handler(view))
+        return deferred_json(answer, view=view)
     request_data = MessageOutput(job.request).data if job.request_is_new else None
     return streaming.stream_response(
         streaming.reply_events(job, request_data=request_data),
