@@ -74,17 +74,32 @@ def instances(model: type[M], sql: str, params: Sequence[Any]) -> list[M]:
     return [row[0] for row in rows(sql, params, model)]  # type: ignore[misc]
 
 
-def insert(instance: Model) -> None:
-    """INSERT `instance` as it is (every field set, its primary key included)."""
-    model = type(instance)
+# Rows per INSERT statement: well under the bound parameters a statement may have (SQLite: 32,766).
+_INSERT_BATCH = 500
+
+
+def insert(*instances: Model) -> None:
+    """INSERT `instances` (of one model) as they are, every field set, their primary keys included:
+    several rows to a statement."""
+    model = type(instances[0])
     connection = connections[router.db_for_write(model)]
     fields = model._meta.concrete_fields
-    values = [field.get_db_prep_save(getattr(instance, field.attname), connection) for field in fields]
-    placeholders = ", ".join(["%s"] * len(fields))
-    with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {model._meta.db_table} ({columns(model)}) VALUES ({placeholders})", values)
-    instance._state.adding = False
-    instance._state.db = connection.alias
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    for start in range(0, len(instances), _INSERT_BATCH):
+        batch = instances[start : start + _INSERT_BATCH]
+        values = [
+            field.get_db_prep_save(getattr(instance, field.attname), connection)
+            for instance in batch
+            for field in fields
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {model._meta.db_table} ({columns(model)}) VALUES {', '.join([row] * len(batch))}",
+                values,
+            )
+    for instance in instances:
+        instance._state.adding = False
+        instance._state.db = connection.alias
 
 
 def update(instance: Model, fields: Sequence[str]) -> None:

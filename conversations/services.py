@@ -412,8 +412,8 @@ def openai_turn_prepare(
             )
             added.append(parent)
             now += timedelta(microseconds=1)  # keeps them in order
-        for message in added:
-            rows.insert(message)
+        if added:
+            rows.insert(*added)
         if not conversation.title:
             conversation.title = title_from_prompt(next(text for m, text in texts if m["role"] == "user"))
             fields.append("title")
