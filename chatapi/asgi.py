@@ -10,7 +10,8 @@ under load:
   (some thirty in all), and for closing the response.
 - Views run on a fixed pool of `CHATAPI_THREADS` threads, each keeping its database connection. The
   stock handler gives every open request a thread (and a connection) of its own; a few threads that
-  never wait for the backend do the same work with less fighting over the GIL.
+  never wait for the backend do the same work with less fighting over the GIL. The thread that became
+  idle last takes the next request (chatapi.pool).
 - Only a streamed response, which can run for minutes, is raced against the client's disconnect.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, suppress
 from typing import Any
 
@@ -32,6 +32,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
+from chatapi.pool import LifoThreadPool
 from chatapi.worker import worker_started, worker_stopping
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatapi.settings")
@@ -40,7 +41,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatapi.settings")
 class PooledASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
-        self.executor = ThreadPoolExecutor(max_workers=settings.CHATAPI_THREADS, thread_name_prefix="chatapi-view")
+        self.executor = LifoThreadPool(max_workers=settings.CHATAPI_THREADS, thread_name_prefix="chatapi-view")
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
