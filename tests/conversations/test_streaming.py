@@ -140,6 +140,31 @@ def test_client_disconnect_stores_the_partial_reply_as_interrupted_and_cancels_t
     assert Conversation.objects.get().current_node_id == reply.pk
 
 
+def test_client_gone_before_the_first_delta_cancels_the_backend_and_stores_no_reply(http, backend):
+    backend.reply_with(WORDS)
+    backend.hold()  # the model has not answered yet
+    response = post_stream(http, "/conversations/new", {"prompt": "never mind", "stream": True})
+    events = read_events(response)  # kept: dropping it would close the connection
+    first = next(events)
+    assert isinstance(first, Event) and first.event == "created"
+    deadline = time.monotonic() + 10
+    while backend.waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.waiting == 1, "the backend was not asked"
+    response.close()  # the client goes away
+    time.sleep(0.3)
+    backend.stream_slowly(0.05)
+    backend.release()
+
+    deadline = time.monotonic() + 10
+    while not backend.streams_cut_by_client and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.streams_cut_by_client == 1, "the backend request was not cancelled"
+    time.sleep(0.3)  # time enough to store a reply, were one stored
+    assert list(Message.objects.values_list("role", "content")) == [("user", "never mind")]
+    assert Conversation.objects.get().current_node_id is None
+
+
 def test_backend_error_before_the_first_token_sends_an_error_event_and_keeps_the_prompt(http, backend):
     backend.fail(500)
     events = events_of(post_stream(http, "/conversations/new", {"prompt": "doomed", "stream": True}))
