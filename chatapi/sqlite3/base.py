@@ -6,11 +6,15 @@ streams starting at once) most of the time went in sleeping. Here the threads of
 on a plain lock, taken before `BEGIN IMMEDIATE` (or around a single write outside a transaction)
 and released at commit or rollback, and go the moment it is free. Other processes still meet in
 SQLite's busy handler, as before.
+
+Also: the translation of a query's `%s` placeholders into SQLite's `?` (a regular expression run on
+every execution) is remembered per query text.
 """
 
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from typing import Any
 
 from django.db.backends.sqlite3 import base
@@ -19,8 +23,18 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 _write_lock = threading.Lock()
 
 
+@lru_cache(maxsize=1024)
+def _qmark(query: str) -> str:
+    return base.FORMAT_QMARK_REGEX.sub("?", query).replace("%%", "%")
+
+
 class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
     wrapper: DatabaseWrapper
+
+    def convert_query(self, query: str, *, param_names: Any = None) -> str:
+        if param_names is None:
+            return _qmark(query)
+        return super().convert_query(query, param_names=param_names)
 
     def execute(self, query: str, params: Any = None) -> Any:
         if self.wrapper.write_lock_held or not query.lstrip()[:7].upper().startswith(_WRITES):
