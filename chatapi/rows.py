@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any, TypeVar
 
 from django.db import connections, router
@@ -22,6 +23,7 @@ Reader = Callable[[Sequence[Any]], Model]
 _readers: weakref.WeakKeyDictionary[BaseDatabaseWrapper, dict[type[Model], Reader]] = weakref.WeakKeyDictionary()
 
 
+@cache
 def columns(model: type[Model], alias: str = "") -> str:
     """The model's columns, in field order, for a SELECT that `rows` reads (`alias.` before each if given)."""
     prefix = f"{alias}." if alias else ""
