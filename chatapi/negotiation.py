@@ -11,6 +11,13 @@ class StreamFriendlyNegotiation(DefaultContentNegotiation):
     errors included, is answered with the first renderer (JSON)."""
 
     def select_renderer(self, request, renderers, format_suffix=None):
+        if (
+            format_suffix is None
+            and request.META.get("HTTP_ACCEPT", "*/*") == "*/*"
+            and self.settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
+            # What nearly every API client sends: DRF's answer, the first renderer, without parsing media types.
+            return renderers[0], renderers[0].media_type
         try:
             return super().select_renderer(request, renderers, format_suffix)
         except NotAcceptable:
