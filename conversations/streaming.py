@@ -8,7 +8,6 @@ away. Nothing here holds a thread while the stream is open.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -172,45 +171,13 @@ def _delta_frame(seq: int, reply_id: str, text: str) -> bytes:
     return f'id: {seq}\nevent: delta\ndata: {{"id":"{reply_id}","delta":{text_json}}}\n\n'.encode()
 
 
-class _Ahead:
-    """`source` with its first item already being fetched, in a task of its own started at once; the
-    later items are fetched by whoever iterates. `aclose()` cancels the fetch if it is still running."""
-
-    def __init__(self, source: AsyncIterator[Any]) -> None:
-        self._source = source
-        self._first: asyncio.Future[Any] | None = asyncio.ensure_future(anext(source))
-
-    def __aiter__(self) -> _Ahead:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._first is None:
-            return await anext(self._source)
-        first, self._first = self._first, None
-        return await first
-
-    async def aclose(self) -> None:
-        first, self._first = self._first, None
-        if first is not None:
-            first.cancel()
-            await asyncio.wait([first])
-            if not first.cancelled():
-                first.exception()  # retrieved: whatever it was, the stream is being closed anyway
-        await self._source.aclose()  # type: ignore[attr-defined]
-
-
 async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncIterator[bytes]:
-    """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`.
-
-    The backend request is started before `created` is made: it is sent while the status line and
-    `created` go out (see stream_response's `primed`), instead of after them.
-    """
+    """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`."""
     seq = count(1)
     reply_id = str(job.reply_id)
     created = {"conversation_id": str(job.conversation.pk), "request": request_data, "response_id": reply_id}
-    async with aclosing(_Ahead(reply_stream(job))) as events:
-        await asyncio.sleep(0)  # one turn for the backend request: it goes out now
-        yield _frame(next(seq), "created", created)
+    yield _frame(next(seq), "created", created)
+    async with aclosing(reply_stream(job)) as events:
         async for event in events:
             if isinstance(event, Delta):
                 yield _delta_frame(next(seq), reply_id, event.text)
@@ -251,16 +218,12 @@ async def _guarded(content: AsyncIterator[bytes], on_error: OnError) -> AsyncIte
 
 
 def stream_response(
-    content: AsyncIterator[bytes], *, content_type: str, on_error: OnError, ping: bool = False, primed: bool = False
+    content: AsyncIterator[bytes], *, content_type: str, on_error: OnError, ping: bool = False
 ) -> StreamingHttpResponse:
     """A response that sends `content` as it is produced, with nothing between it and the client buffering
     (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS
-    (sent by chatapi.asgi). With `primed`, `content`'s first piece is made before the status line goes out
-    (see PrimedStreamingResponse): whatever `content` starts before it runs first."""
-    if primed:
-        response: StreamingHttpResponse = PrimedStreamingResponse(content, content_type=content_type, on_error=on_error)
-    else:
-        response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
+    (sent by chatapi.asgi)."""
+    response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
     if ping:
         keep_alive(response, PING, settings.CHATAPI_SSE_PING_SECONDS)
     return response
@@ -277,21 +240,20 @@ _INTERNAL_ERROR = _InternalError("Internal server error.")
 
 class PrimedStreamingResponse(StreamingHttpResponse, LoopResponse):
     """A stream whose first piece is awaited before the status line goes out (`chatapi.asgi` does it,
-    on the event loop).
+    on the event loop), so that a failure before anything was generated can still be an ordinary error
+    response with its status: what OpenAI's SDKs need to raise the right exception.
 
-    With `on_failure`, a failure before anything was generated can still be an ordinary error response
-    with its status, which is what OpenAI's SDKs need to raise the right exception: `content` raises the
-    ApplicationError instead of yielding its first piece, and `on_failure` makes the error response from
-    it. Without, a failure there ends the stream as a bug anywhere in it does (`on_error`).
+    `content` raises the ApplicationError instead of yielding its first piece; `on_failure` makes the
+    error response from it.
     """
 
     def __init__(
         self,
         content: AsyncIterator[bytes],
         *,
+        on_failure: Callable[[ApplicationError], HttpResponseBase],
         content_type: str,
         on_error: OnError,
-        on_failure: Callable[[ApplicationError], HttpResponseBase] | None = None,
     ) -> None:
         # Unprimed (served some other way than by chatapi.asgi), it is an ordinary stream.
         super().__init__(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
@@ -305,22 +267,15 @@ class PrimedStreamingResponse(StreamingHttpResponse, LoopResponse):
             first = await anext(self._source)
         except StopAsyncIteration:
             first = b""
-        except Exception as exc:
-            expected = isinstance(exc, ApplicationError) and self._on_failure is not None
-            if not expected:
-                logger.exception("A streamed response failed before its first piece")
+        except ApplicationError as exc:
             await self._source.aclose()
-            if self._on_failure is None:
-                self.streaming_content = _then(self._on_error(0), _nothing())
-                return self
-            return self._on_failure(exc if expected else _INTERNAL_ERROR)  # type: ignore[arg-type]
+            return self._on_failure(exc)
+        except Exception:
+            logger.exception("A streamed response failed before its first piece")
+            await self._source.aclose()
+            return self._on_failure(_INTERNAL_ERROR)
         self.streaming_content = _guarded(_then(first, self._source), self._on_error)
         return self
-
-
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield
 
 
 async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

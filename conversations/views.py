@@ -76,7 +76,6 @@ def _reply(
         content_type="text/event-stream",
         on_error=streaming.internal_error_event,
         ping=True,
-        primed=True,
     )
 
 
