@@ -330,6 +330,9 @@ async def scenario_throughput(client: Client, concurrency: int, total: int) -> d
 
 
 async def scenario_ttfb(client: Client, concurrency: int, total: int) -> dict[str, Any]:
+    """Time to a stream's first token: the service's first `delta` event against the backend's first content
+    chunk. Each service stream follows a one-second direct one, so the service has been idle for about a
+    second when it is asked, as at a user's next prompt."""
     threads = [await client.new_conversation() for _ in range(concurrency)]
     service_first: list[float] = []
     direct_first: list[float] = []
