@@ -235,6 +235,13 @@ async def _echo_chunks(messages: ChatMessages) -> AsyncIterator[Payload]:
     yield {**base, "choices": [], "usage": completion["usage"]}
 
 
+def _deadline() -> asyncio.Timeout:
+    """CHATAPI_BACKEND_TIMEOUT as the deadline of a whole backend call, the SDK's retries included (each
+    attempt alone is bounded by the same figure). For a stream, the call ends when it starts; after that
+    the same figure bounds each silence between two pieces."""
+    return asyncio.timeout(settings.CHATAPI_BACKEND_TIMEOUT)
+
+
 def _timeout_error() -> BackendTimeout:
     return BackendTimeout(f"The model backend did not answer within {settings.CHATAPI_BACKEND_TIMEOUT:g} s.")
 
@@ -289,7 +296,12 @@ async def chat_completion(*, model: str, messages: ChatMessages, params: dict[st
     try:
         # The SDK's generic `post` (its documented way to send a body as is): the same transport, retries
         # and errors as `chat.completions.create`, without re-walking the already plain message dicts.
-        completion = await async_client().post("/chat/completions", body=_body(model, messages, params), cast_to=object)
+        async with _deadline():
+            completion = await async_client().post(
+                "/chat/completions", body=_body(model, messages, params), cast_to=object
+            )
+    except TimeoutError as exc:
+        raise _timeout_error() from exc
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
     if not isinstance(completion, dict) or first_choice(completion) is None:
@@ -320,25 +332,31 @@ async def chat_completion_chunks(
         return
     body = {**_body(model, messages, params), "stream": True, "stream_options": {"include_usage": True}}
     try:
-        response = await async_client().post(
-            "/chat/completions",
-            body=body,
-            cast_to=object,
-            stream=True,
-            stream_cls=openai.AsyncStream[object],
-        )
+        async with _deadline():
+            response = await async_client().post(
+                "/chat/completions",
+                body=body,
+                cast_to=object,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
+    except TimeoutError as exc:
+        raise _timeout_error() from exc
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
     try:
         async for chunk in response:
             if isinstance(chunk, dict):
                 yield chunk
+    except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
+        raise _timeout_error() from exc
+    except (openai.APIConnectionError, httpx2.HTTPError) as exc:
+        # The backend was reached and had started answering: its connection ended before the stream did.
+        raise BackendError(
+            "The model backend's stream was cut off before it ended.", code="backend_stream_broken"
+        ) from exc
     except openai.OpenAIError as exc:
         raise translate_error(exc, model=model) from exc
-    except httpx2.TimeoutException as exc:
-        raise _timeout_error() from exc
-    except httpx2.HTTPError as exc:
-        raise BackendError("The model backend's stream broke off.", code="backend_stream_broken") from exc
     finally:
         await response.close()
 

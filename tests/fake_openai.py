@@ -151,15 +151,17 @@ class FakeOpenAI:
         last_user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
         return ScriptedReply(f"Reply {n} to: {last_user}")
 
-    def _take_failure(self) -> Failure | None:
+    def _take_failure(self, state: _State) -> Failure | None:
+        """The failure scripted for a request that came in under `state`: one still being answered when
+        a test ends does not take the failures the next test scripts."""
         with self.lock:
-            failure = self.state.failure
+            failure = state.failure
             if failure is None:
                 return None
             if failure.remaining is not None:
                 failure.remaining -= 1
                 if failure.remaining <= 0:
-                    self.state.failure = None
+                    state.failure = None
             return failure
 
 
@@ -196,6 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw or b"{}")
         fake = self.fake
         with fake.lock:
+            state = fake.state
             fake.state.requests.append(body)
             fake.state.headers.append(dict(self.headers))
             delay = fake.state.delay
@@ -208,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
                 fake.state.waiting -= 1
         if delay:
             time.sleep(delay)
-        failure = fake._take_failure()
+        failure = fake._take_failure(state)
         if failure is not None:
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
             error = {"message": f"fake failure {failure.status}", "type": "server_error", "code": None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -70,6 +71,21 @@ def test_backend_timeout_is_504(api, backend, settings):
     response = api.post("/conversations/new", {"prompt": "slow"}, format="json")
     assert_backend_error(response, 504, "backend_timeout")
     assert Message.objects.filter(content="slow").exists()
+
+
+def test_the_timeout_is_the_deadline_of_the_whole_call_retries_included(api, backend, settings):
+    settings.CHATAPI_BACKEND_TIMEOUT = 1.0
+    settings.CHATAPI_BACKEND_MAX_RETRIES = 4
+    backend.hang(0.6)  # each attempt answers 500 after 0.6 s: five attempts would take over 3 s
+    backend.fail(500)
+    started = time.monotonic()
+    response = api.post("/conversations/new", {"prompt": "slow and failing"}, format="json")
+    elapsed = time.monotonic() - started
+    error = assert_backend_error(response, 504, "backend_timeout")
+    assert "1 s" in error["message"]
+    assert len(backend.requests) < 5  # the deadline came before the retries ran out
+    assert elapsed < 2.5, elapsed  # not 5 × 0.6 s plus some 7 s of back-off between them
+    assert Message.objects.filter(content="slow and failing").exists()
 
 
 def test_refused_connection_is_503(api, backend, settings):

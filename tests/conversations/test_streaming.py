@@ -186,6 +186,9 @@ def test_backend_failing_mid_stream_sends_an_error_event_and_keeps_the_partial_t
     events = events_of(post_stream(http, "/conversations/new", {"prompt": "crash", "stream": True}))
     assert events[0].event == "created"
     assert events[-1].event == "error"
+    error = events[-1].data["error"]
+    assert (error["type"], error["code"]) == ("backend_error", "backend_stream_broken")
+    assert "cut off" in error["message"]  # not "could not be reached": it was, and it started answering
     deltas = "".join(e.data["delta"] for e in events if e.event == "delta")
     assert deltas
     reply = Message.objects.get(role="assistant")
