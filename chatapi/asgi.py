@@ -32,6 +32,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import get_resolver, set_script_prefix
 
+from chatapi.env import exit_on_setting_error
 from chatapi.pool import LifoThreadPool
 from chatapi.worker import worker_started, worker_stopping
 
@@ -178,7 +179,8 @@ def _start_message(response: HttpResponseBase) -> dict[str, Any]:
     return {"type": "http.response.start", "status": response.status_code, "headers": headers}
 
 
-django.setup(set_prefix=False)
+with exit_on_setting_error():
+    django.setup(set_prefix=False)
 from chatapi.responses import ON_LOOP, LoopResponse, close_loop_resources  # noqa: E402  (needs the settings)
 
 application = PooledASGIHandler()

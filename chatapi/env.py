@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+class SettingError(ImproperlyConfigured):
+    """A setting from the environment (or .env) is missing or wrong; the message names it."""
+
+
+@contextmanager
+def exit_on_setting_error() -> Iterator[None]:
+    """Around loading the settings at start-up: a bad setting ends the process with one line naming it
+    and what is wrong (exit status 2), not a traceback."""
+    try:
+        yield
+    except SettingError as exc:
+        print(f"chatapi: bad setting: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def load_dotenv(path: Path) -> None:
@@ -22,7 +40,7 @@ def load_dotenv(path: Path) -> None:
         line = line.removeprefix("export ")
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
-            raise ImproperlyConfigured(f"{path}:{lineno}: expected KEY=VALUE")
+            raise SettingError(f"{path}:{lineno}: expected KEY=VALUE")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
@@ -42,7 +60,7 @@ def env_bool(name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}")
+    raise SettingError(f"{name} must be a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}")
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
@@ -52,9 +70,9 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     try:
         value = int(raw.strip())
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from None
+        raise SettingError(f"{name} must be a whole number, got {raw!r}") from None
     if minimum is not None and value < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+        raise SettingError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -65,9 +83,9 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+        raise SettingError(f"{name} must be a number, got {raw!r}") from None
     if value <= minimum:
-        raise ImproperlyConfigured(f"{name} must be greater than {minimum}, got {value}")
+        raise SettingError(f"{name} must be greater than {minimum}, got {value}")
     return value
 
 

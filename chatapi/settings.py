@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
-from chatapi.env import env_bool, env_float, env_int, env_list, env_str, load_dotenv
+from chatapi.env import SettingError, env_bool, env_float, env_int, env_list, env_str, load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env")
@@ -19,10 +18,10 @@ _DEV_SECRET_KEY = "django-insecure-chatapi-local-development-only"
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+        raise SettingError("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = _DEV_SECRET_KEY
 elif not DEBUG and (SECRET_KEY == _DEV_SECRET_KEY or SECRET_KEY.startswith("django-insecure") or len(SECRET_KEY) < 32):
-    raise ImproperlyConfigured("SECRET_KEY is not a real secret: use at least 32 random characters.")
+    raise SettingError("SECRET_KEY is not a real secret: use at least 32 random characters.")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -72,13 +71,15 @@ TEMPLATES = [
 ASGI_APPLICATION = "chatapi.asgi.application"
 WSGI_APPLICATION = "chatapi.wsgi.application"
 
-DATABASES = {
-    "default": dj_database_url.parse(
+try:
+    _database = dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
         conn_max_age=env_int("CHATAPI_DB_CONN_MAX_AGE", 60, minimum=0),
         conn_health_checks=True,
     )
-}
+except ValueError as exc:  # an unknown scheme, a port that is not a number, …
+    raise SettingError(f"DATABASE_URL is not a database URL this service can use: {exc}") from None
+DATABASES = {"default": _database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Django's SQLite backend, but a process's writers queue on a lock instead of SQLite's sleeping busy handler.
     DATABASES["default"]["ENGINE"] = "chatapi.sqlite3"
@@ -168,10 +169,10 @@ CHATAPI_BACKEND_CONFIGURED = bool(OPENAI_API_KEY or OPENAI_BASE_URL)
 # Without a backend the service runs on the offline `echo` development model.
 CHATAPI_MODELS = env_list("CHATAPI_MODELS", ["gpt-4o-mini"] if CHATAPI_BACKEND_CONFIGURED else ["echo"])
 if not CHATAPI_MODELS:
-    raise ImproperlyConfigured("CHATAPI_MODELS must name at least one model.")
+    raise SettingError("CHATAPI_MODELS must name at least one model.")
 CHATAPI_DEFAULT_MODEL = env_str("CHATAPI_DEFAULT_MODEL") or CHATAPI_MODELS[0]
 if CHATAPI_DEFAULT_MODEL not in CHATAPI_MODELS:
-    raise ImproperlyConfigured(f"CHATAPI_DEFAULT_MODEL {CHATAPI_DEFAULT_MODEL!r} is not in CHATAPI_MODELS.")
+    raise SettingError(f"CHATAPI_DEFAULT_MODEL {CHATAPI_DEFAULT_MODEL!r} is not in CHATAPI_MODELS.")
 CHATAPI_BACKEND_TIMEOUT = env_float("CHATAPI_BACKEND_TIMEOUT", 60.0)
 CHATAPI_BACKEND_MAX_RETRIES = env_int("CHATAPI_BACKEND_MAX_RETRIES", 2, minimum=0)
 CHATAPI_AUTOCONTINUE_MAX_ROUNDS = env_int("CHATAPI_AUTOCONTINUE_MAX_ROUNDS", 3, minimum=1)

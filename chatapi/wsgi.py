@@ -4,6 +4,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from chatapi.env import exit_on_setting_error
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatapi.settings")
 
-application = get_wsgi_application()
+with exit_on_setting_error():
+    application = get_wsgi_application()

@@ -75,3 +75,32 @@ def test_models_and_backend_come_from_the_environment():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['llama3', 'qwen2'] llama3 12.5 django.db.backends.postgresql"
+
+
+def _one_line_naming(result: subprocess.CompletedProcess[str], name: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("chatapi: bad setting:") and name in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("CHATAPI_BACKEND_TIMEOUT", "soon"), ("DATABASE_URL", "nosuchdb://x/y"), ("CHATAPI_PIN_CPU", "maybe")],
+)
+def test_a_bad_setting_stops_manage_py_with_one_line_naming_it(name, value):
+    _one_line_naming(run_check(**{name: value}), name)
+
+
+def test_a_bad_setting_stops_the_server_with_one_line_naming_it():
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "chatapi.asgi:application", "--port", "0", "--log-level", "critical"],
+        cwd=ROOT,
+        env={**base, "CHATAPI_SSE_PING_SECONDS": "often"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _one_line_naming(result, "CHATAPI_SSE_PING_SECONDS")
