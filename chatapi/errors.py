@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.core.exceptions import (
@@ -11,11 +13,13 @@ from django.core.exceptions import (
     SuspiciousOperation,
 )
 from django.db import IntegrityError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
+
+ViewFunction = Callable[..., HttpResponse]
 
 
 class ApplicationError(Exception):
@@ -96,6 +100,12 @@ def error_body(
     return {"error": {"message": message, "type": type, "code": code, "param": param, "details": details or {}}}
 
 
+def request_too_large_body() -> dict[str, Any]:
+    return error_body(
+        "The request body is larger than the configured limit.", type="invalid_request_error", code="request_too_large"
+    )
+
+
 def _flatten_validation(detail: Any) -> dict[str, Any]:
     """DRF's nested ErrorDetail structure as plain strings, keyed by field."""
     if isinstance(detail, dict):
@@ -145,12 +155,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif isinstance(exc, PermissionDenied):
         exc = drf.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):
-        body = error_body(
-            "The request body is larger than the configured limit.",
-            type="invalid_request_error",
-            code="request_too_large",
-        )
-        return Response(body, status=413)
+        return Response(request_too_large_body(), status=413)
     elif isinstance(exc, SuspiciousOperation):
         body = error_body(str(exc) or "Bad request.", type="invalid_request_error", code="bad_request")
         return Response(body, status=400)
@@ -192,13 +197,31 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
 
 
 def not_found_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    """handler404: unknown paths answer in the contract's shape too."""
+    """handler404, and the route of every path no other route takes (so that debug mode, where Django
+    answers an unknown path with an HTML page, answers in the contract's shape too)."""
     return JsonResponse(error_body("Not found.", type="not_found_error", code="not_found"), status=404)
 
 
 def server_error_view(request: HttpRequest) -> JsonResponse:
     """handler500: a bug, but still no traceback for the client."""
     return JsonResponse(error_body("Internal server error.", type="server_error", code="internal_error"), status=500)
+
+
+def allow_methods(*methods: str) -> Callable[[ViewFunction], ViewFunction]:
+    """Like Django's `require_http_methods`, but a wrong method gets the contract's 405 body."""
+
+    def decorate(view: ViewFunction) -> ViewFunction:
+        @wraps(view)
+        def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                message = f'Method "{request.method}" not allowed.'
+                body = error_body(message, type="invalid_request_error", code="method_not_allowed")
+                return JsonResponse(body, status=405, headers={"Allow": ", ".join(methods)})
+            return view(request, *args, **kwargs)
+
+        return checked
+
+    return decorate
 
 
 def bad_request_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

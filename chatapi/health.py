@@ -8,18 +8,19 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+
+from chatapi.errors import allow_methods
 
 logger = logging.getLogger(__name__)
 
 
-@require_GET
+@allow_methods("GET", "HEAD")
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process is up and serving."""
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@allow_methods("GET", "HEAD")
 def readyz(request: HttpRequest) -> JsonResponse:
     """The process can do its work: the database answers (and the cache, when Redis is configured)."""
     checks: dict[str, str] = {}

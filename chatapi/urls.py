@@ -14,6 +14,7 @@ from drf_spectacular.views import (
 )
 
 from accounts.views import APIKeyViewSet
+from chatapi.errors import not_found_view
 from chatapi.health import healthz, readyz
 from conversations.compat import AskView, CompleteView
 from conversations.openai_api import ChatCompletionsView, ModelDetailView, ModelListView
@@ -69,6 +70,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The pages above live at their slashed address; without the slash, a redirect (GET only).
     *(path(page, RedirectView.as_view(url=f"/{page}/")) for page in ("api/schema", "docs", "redoc", "admin")),
+    re_path(r"", not_found_view),  # last: whatever no route above takes, in debug mode too
 ]
 
 

@@ -1,0 +1,89 @@
+"""Middleware for what reaches Django from the edge: a request that cannot be served, a body sent without
+Content-Length, a file to send."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import IO
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
+from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
+
+from chatapi.errors import error_body, request_too_large_body
+
+GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
+
+
+class _Middleware:
+    """A middleware that runs in a synchronous or an asynchronous chain alike, with no thread hop:
+    `before` may answer the request itself, `after` may change the response."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if self.is_async:
+            return self._acall(request)
+        return self.before(request) or self.after(request, self.get_response(request))  # type: ignore[arg-type]
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        return self.before(request) or self.after(request, await self.get_response(request))  # type: ignore[misc]
+
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        return response
+
+
+class RequestGuardMiddleware(_Middleware):
+    """First in MIDDLEWARE: a bad Host header gets the JSON error body (Django's own answer in debug mode
+    is an HTML page), and a body sent without Content-Length (`Transfer-Encoding: chunked`) is read, as
+    DRF would otherwise take it for an empty one."""
+
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
+        return refusal(request)
+
+
+class AsyncFileMiddleware(_Middleware):
+    """Under ASGI, a file (a static asset, from WhiteNoise) is sent from an asynchronous iterator. Given the
+    file's own synchronous one, Django reads the whole file into memory in a thread before sending it, and
+    warns each time ("StreamingHttpResponse must consume synchronous iterators")."""
+
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if isinstance(response, FileResponse) and response.file_to_stream and isinstance(request, ASGIRequest):
+            response.streaming_content = _blocks(response.file_to_stream, response.block_size * 16)
+        return response
+
+
+async def _blocks(file: IO[bytes], size: int) -> AsyncIterator[bytes]:
+    # Read on the loop: the files served this way are the admin's and the API docs' assets, local and small.
+    while block := file.read(size):
+        yield block
+
+
+def refusal(request: HttpRequest) -> JsonResponse | None:
+    """The answer to a request that goes no further, or None; reads a body that came without a length."""
+    try:
+        request.get_host()
+    except DisallowedHost as exc:
+        # Debug mode names the setting to change (as Django's page does); production gives nothing away.
+        message = str(exc) if settings.DEBUG else "Invalid Host header."
+        return JsonResponse(error_body(message, type="invalid_request_error", code="invalid_host"), status=400)
+    if not request.META.get("CONTENT_LENGTH") and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        try:
+            body = request.body  # checked against DATA_UPLOAD_MAX_MEMORY_SIZE as it is read
+        except RequestDataTooBig:
+            return JsonResponse(request_too_large_body(), status=413)
+        # DRF reads a request's body only when its Content-Length says there is one.
+        request.META["CONTENT_LENGTH"] = str(len(body))
+    return None
