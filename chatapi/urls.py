@@ -66,7 +66,8 @@ urlpatterns = [
     api_route("readyz", readyz, "readyz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    # ReDoc without its web fonts (the page's own template loads them from Google).
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="redoc.html"), name="redoc"),
     path("admin/", admin.site.urls),
     # The pages above live at their slashed address; without the slash, a redirect (GET only).
     *(path(page, RedirectView.as_view(url=f"/{page}/")) for page in ("api/schema", "docs", "redoc", "admin")),

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import re
+import warnings
+from urllib.parse import urljoin, urlsplit
 
 import pytest
+import requests
 import yaml
 from django.core.management import call_command
 
@@ -69,3 +73,23 @@ def test_pages_answer_without_their_trailing_slash_too(client, page):
     response = client.get(page)
     assert response.status_code == 302
     assert response["Location"] == f"{page}/"
+
+
+@pytest.mark.parametrize("page", ["/docs/", "/redoc/"])
+def test_docs_pages_load_only_their_own_assets_and_every_one_answers(live_url, page):
+    """The pages work offline: every script, stylesheet and icon they load is served by the service."""
+    response = requests.get(f"{live_url}{page}", timeout=30)
+    assert response.status_code == 200
+    assets = re.findall(r"<(?:script|link)\b[^>]*\b(?:src|href)=\"([^\"]+)\"", response.text)
+    assert any(asset.endswith(".js") for asset in assets), assets
+    for asset in assets:
+        url = urljoin(response.url, asset)
+        assert urlsplit(url).netloc == urlsplit(live_url).netloc, f"{page} loads {asset} from elsewhere"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            answer = requests.get(url, timeout=30)
+        assert answer.status_code == 200, asset
+        assert int(answer.headers["Content-Length"]) == len(answer.content) > 0
+        # Sent from an asynchronous iterator, not read whole in a thread first (Django warns when it must).
+        assert not [w for w in caught if "synchronous iterators" in str(w.message)], asset
+    assert "fonts.googleapis" not in response.text
