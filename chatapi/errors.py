@@ -14,6 +14,7 @@ from django.core.exceptions import (
 )
 from django.db import IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
@@ -196,6 +197,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     return Response(body, status=500)
 
 
+@csrf_exempt  # a POST to an unknown path is a 404, not an HTML CSRF failure page
 def not_found_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """handler404, and the route of every path no other route takes (so that debug mode, where Django
     answers an unknown path with an HTML page, answers in the contract's shape too)."""
@@ -211,6 +213,8 @@ def allow_methods(*methods: str) -> Callable[[ViewFunction], ViewFunction]:
     """Like Django's `require_http_methods`, but a wrong method gets the contract's 405 body."""
 
     def decorate(view: ViewFunction) -> ViewFunction:
+        # Exempt from CSRF, whose check comes first: a wrong method gets its 405, not an HTML 403 page.
+        @csrf_exempt
         @wraps(view)
         def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:

@@ -4,10 +4,17 @@ in debug mode too."""
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 
 from tests.conversations.test_bad_input import assert_error
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client() -> Client:
+    """A client that gets the CSRF check a browser or curl gets (Django's test client skips it)."""
+    return Client(enforce_csrf_checks=True)
 
 
 @pytest.fixture(params=[True, False], ids=["debug", "production"])
