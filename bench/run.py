@@ -577,7 +577,7 @@ def main() -> None:
         metavar="NAME=VALUE",
         nargs="+",
         default=[],
-        help="a setting for the service, e.g. --set CHATAPI_THREADS=8 (the environment's are not passed on)",
+        help="a setting for the service, e.g. --set CHATAPI_DB_POOL_MAX=40 (the environment's are not passed on)",
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()

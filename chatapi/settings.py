@@ -77,18 +77,18 @@ WSGI_APPLICATION = "chatapi.wsgi.application"
 try:
     _database = dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        conn_max_age=env_int("CHATAPI_DB_CONN_MAX_AGE", 60, minimum=0),
+        # No persistent connections: under ASGI each request has a thread of its own, and a connection kept
+        # by a thread that is gone is never reused (Django's advice; PostgreSQL gets psycopg's pool instead).
+        conn_max_age=0,
         conn_health_checks=True,
     )
 except ValueError as exc:  # an unknown scheme, a port that is not a number, …
     raise SettingError(f"DATABASE_URL is not a database URL this service can use: {exc}") from None
 DATABASES = {"default": _database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Django's SQLite backend, but a process's writers queue on a lock instead of SQLite's sleeping busy handler.
-    DATABASES["default"]["ENGINE"] = "chatapi.sqlite3"
-    # WAL lets readers run beside the one writer; a busy timeout waits instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
+            # WAL lets readers run beside the one writer; a busy timeout waits instead of failing.
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             "timeout": 20,
             # Take the write lock when a transaction starts, so that concurrent writers wait their turn
@@ -103,6 +103,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # on SQLite nothing else needs psycopg: its import is declined here (DRF takes the ImportError as
     # "not installed").
     sys.modules.setdefault("django.contrib.postgres.fields", None)  # type: ignore[arg-type]
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg's connection pool: a request (or a reply being stored) borrows a connection and gives it
+    # back at once, so a worker needs a few connections, not one per thread that ever touched the database.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("CHATAPI_DB_POOL_MIN", 2, minimum=0),
+        "max_size": env_int("CHATAPI_DB_POOL_MAX", 20, minimum=1),
+        "timeout": 10,
+    }
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -183,12 +191,6 @@ if CHATAPI_DEFAULT_MODEL not in CHATAPI_MODELS:
 CHATAPI_BACKEND_TIMEOUT = env_float("CHATAPI_BACKEND_TIMEOUT", 60.0)
 CHATAPI_BACKEND_MAX_RETRIES = env_int("CHATAPI_BACKEND_MAX_RETRIES", 2, minimum=0)
 CHATAPI_AUTOCONTINUE_MAX_ROUNDS = env_int("CHATAPI_AUTOCONTINUE_MAX_ROUNDS", 3, minimum=1)
-# Threads per worker process for the synchronous part of requests. A reply being generated holds
-# none: waiting for the backend is done on the event loop (chatapi.responses).
-CHATAPI_THREADS = env_int("CHATAPI_THREADS", 32, minimum=1)
-# Each worker process keeps to a CPU core of its own: far less CPU lost handing the GIL between
-# cores (chatapi.worker).
-CHATAPI_PIN_CPU = env_bool("CHATAPI_PIN_CPU", True)
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)
 # A key's `last_used_at` is written at most this often (seconds), not on every request.

@@ -18,7 +18,7 @@ from chatapi.errors import not_found_view
 from chatapi.health import healthz, readyz
 from conversations.compat import AskView, CompleteView
 from conversations.openai_api import ChatCompletionsView, ModelDetailView, ModelListView
-from conversations.views import ConversationViewSet
+from conversations.views import ConversationViewSet, ReplyViewSet
 
 handler400 = "chatapi.errors.bad_request_view"
 handler404 = "chatapi.errors.not_found_view"
@@ -33,24 +33,25 @@ def api_route(pattern: str, view: Any, name: str) -> URLPattern:
 
 
 conversations = ConversationViewSet.as_view
+replies = ReplyViewSet.as_view
 keys = APIKeyViewSet.as_view
 CONV = ID.format("conversation_id")
 MSG = ID.format("message_id")
 
 urlpatterns = [
     api_route("conversations", conversations({"get": "list", "post": "create"}), "conversation-list"),
-    api_route("conversations/new", conversations({"post": "new"}), "conversation-new"),
+    api_route("conversations/new", replies({"post": "new"}), "conversation-new"),
     api_route("conversations/all", conversations({"delete": "destroy_all"}), "conversation-all"),
     api_route(
         rf"conversations/{CONV}",
         conversations({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
         "conversation-detail",
     ),
-    api_route(rf"conversations/{CONV}/ask", conversations({"post": "ask"}), "conversation-ask"),
+    api_route(rf"conversations/{CONV}/ask", replies({"post": "ask"}), "conversation-ask"),
     api_route(rf"conversations/{CONV}/messages", conversations({"get": "messages"}), "conversation-messages"),
     api_route(
         rf"conversations/{CONV}/messages/{MSG}/regenerate",
-        conversations({"post": "regenerate"}),
+        replies({"post": "regenerate"}),
         "message-regenerate",
     ),
     api_route(rf"conversations/{CONV}/messages/{MSG}", conversations({"delete": "destroy_message"}), "message-detail"),

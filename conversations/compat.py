@@ -5,18 +5,18 @@ Their clients read `error` as a string, so errors here are `{"error": "<text>"}`
 
 from __future__ import annotations
 
+from adrf.views import APIView as AsyncAPIView
 from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
+from chatapi.db import db_work
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import StrictCharField
 from chatapi.negotiation import StreamFriendlyNegotiation
-from chatapi.responses import deferred_json
 from conversations import services, streaming
 from conversations.views import api_key_id
 
@@ -61,7 +61,7 @@ COMPAT_ERRORS = {
 }
 
 
-class AskView(APIView):
+class AskView(AsyncAPIView):
     """`POST /api/ask`: one exchange, answered whole; threads are chained through `response_id`."""
 
     def get_exception_handler(self):
@@ -76,28 +76,24 @@ class AskView(APIView):
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."
         ),
     )
-    def post(self, request: Request) -> HttpResponseBase:
+    async def post(self, request: Request) -> HttpResponseBase:
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        job = services.compat_ask_prepare(owner=request.user, **serializer.validated_data)
+        job = await db_work(services.compat_ask_prepare)(owner=request.user, **serializer.validated_data)
         job.api_key_id = api_key_id(request)
-
-        async def answer() -> Response:
-            reply = await services.reply_generate(job=job)
-            return Response(
-                {
-                    "id": str(reply.parent_id),
-                    "response_id": str(reply.pk),
-                    "conversation_id": str(reply.conversation_id),
-                    "content": reply.content,
-                    "error": "",
-                }
-            )
-
-        return deferred_json(answer, view=self)
+        reply = await services.reply_generate(job=job)
+        return Response(
+            {
+                "id": str(reply.parent_id),
+                "response_id": str(reply.pk),
+                "conversation_id": str(reply.conversation_id),
+                "content": reply.content,
+                "error": "",
+            }
+        )
 
 
-class CompleteView(APIView):
+class CompleteView(AsyncAPIView):
     """`POST /api/complete`: the reply as plain text, streamed as it is generated."""
 
     content_negotiation_class = StreamFriendlyNegotiation
@@ -115,10 +111,11 @@ class CompleteView(APIView):
             "started is appended as a line `[error: …]`."
         ),
     )
-    def post(self, request: Request) -> StreamingHttpResponse:
+    async def post(self, request: Request) -> StreamingHttpResponse:
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        job = services.complete_prepare(owner=request.user, content=serializer.validated_data["content"])
+        content = serializer.validated_data["content"]
+        job = await db_work(services.complete_prepare)(owner=request.user, content=content)
         job.api_key_id = api_key_id(request)
         return streaming.stream_response(
             streaming.reply_text(job),

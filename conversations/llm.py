@@ -13,6 +13,7 @@ the service only reads a few fields of them or forwards them as they are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -32,7 +33,7 @@ from chatapi.errors import (
     BackendUnavailable,
     InvalidRequest,
 )
-from chatapi.responses import on_loop_close
+from chatapi.worker import on_worker_stop
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +113,18 @@ def _config() -> tuple[str, str, float, int]:
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, openai.AsyncOpenAI]] = (
     weakref.WeakKeyDictionary()
 )
+# Per loop, the task that closes its clients when it is cancelled: at worker stop, or when the loop ends
+# (an event loop that ends cancels its tasks: Django's test client runs each async view in one of its own).
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = weakref.WeakKeyDictionary()
 
 
 def async_client() -> openai.AsyncOpenAI:
     config = _config()
-    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    loop = asyncio.get_running_loop()
+    per_loop = _async_clients.get(loop)
+    if per_loop is None:
+        per_loop = _async_clients[loop] = {}
+        _closers[loop] = loop.create_task(_close_at_the_end(per_loop))
     if config not in per_loop:
         base_url, api_key, timeout, max_retries = config
         # aiohttp as the transport: far less CPU per streamed event than the default one.
@@ -130,11 +138,25 @@ def async_client() -> openai.AsyncOpenAI:
     return per_loop[config]
 
 
-@on_loop_close
+async def _close_at_the_end(clients: dict[tuple, openai.AsyncOpenAI]) -> None:
+    try:
+        await asyncio.get_running_loop().create_future()  # until cancelled
+    finally:
+        for client in list(clients.values()):
+            await client.close()
+        clients.clear()
+
+
+@on_worker_stop
 async def async_clients_close() -> None:
-    """Close this event loop's backend clients (at server shutdown, or when a loop made for one request ends)."""
-    for async_client_ in _async_clients.pop(asyncio.get_running_loop(), {}).values():
-        await async_client_.close()
+    """Close this event loop's backend clients (at worker stop)."""
+    loop = asyncio.get_running_loop()
+    closer = _closers.pop(loop, None)
+    _async_clients.pop(loop, None)
+    if closer is not None:
+        closer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closer
 
 
 def estimate_tokens(text: str) -> int:

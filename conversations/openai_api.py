@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from adrf.views import APIView as AsyncAPIView
 from django.conf import settings
-from django.http import HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponseBase, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -28,7 +29,6 @@ from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
-from chatapi.responses import deferred_json
 from conversations import llm, services, streaming
 from conversations.models import Message
 from conversations.views import api_key_id
@@ -263,7 +263,7 @@ async def stateless_chunks(
         yield DONE
     except BackendError as exc:
         if last is None:
-            raise  # nothing sent yet: an ordinary error response (PrimedStreamingResponse)
+            raise  # nothing sent yet: an ordinary error response (streaming.primed_stream)
         yield _error_data(exc)
     finally:
         await chunks.aclose()
@@ -287,7 +287,7 @@ async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> Asy
         async for event in events:
             if not started:
                 if isinstance(event, streaming.Failed):
-                    # Nothing sent yet: an ordinary error response (PrimedStreamingResponse); the turn is stored.
+                    # Nothing sent yet: an ordinary error response (streaming.primed_stream); the turn is stored.
                     event.error.headers = {**event.error.headers, "X-Conversation-Id": str(job.conversation.pk)}
                     raise event.error
                 started = True
@@ -313,8 +313,8 @@ def _internal_error(_chunks_sent: int) -> bytes:
     return _data({"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}})
 
 
-def _event_stream(content: AsyncIterator[bytes], conversation_id: str | None = None) -> StreamingHttpResponse:
-    response = streaming.PrimedStreamingResponse(
+async def _event_stream(content: AsyncIterator[bytes], conversation_id: str | None = None) -> HttpResponseBase:
+    response = await streaming.primed_stream(
         content, on_failure=_stream_failed, content_type="text/event-stream", on_error=_internal_error
     )
     if conversation_id is not None:
@@ -391,7 +391,7 @@ OPENAI_ERRORS = {
 }
 
 
-class ChatCompletionsView(_OpenAIView):
+class ChatCompletionsView(_OpenAIView, AsyncAPIView):
     @extend_schema(
         operation_id="openai_chat_completions",
         request=ChatCompletionRequest,
@@ -411,48 +411,40 @@ class ChatCompletionsView(_OpenAIView):
             "answers with the header `X-Conversation-Id`."
         ),
     )
-    def post(self, request: Request) -> HttpResponseBase:
+    async def post(self, request: Request) -> HttpResponseBase:
         model, messages, params, stream, include_usage = validate_request(request.data)
         key_id = api_key_id(request)
         conversation_id = request.headers.get("X-Conversation-Id", "").strip()
         if conversation_id:
-            job = services.openai_turn_prepare(
+            job = await db_work(services.openai_turn_prepare)(
                 owner=request.user, conversation_id=conversation_id, messages=messages, model=model, params=params
             )
             job.api_key_id = key_id
             cid = str(job.conversation.pk)
             if stream:
-                return _event_stream(stateful_chunks(job, include_usage=include_usage), cid)
-
-            async def stored_answer() -> Response:
-                try:
-                    reply = await services.reply_generate(job=job)
-                except ApplicationError as exc:
-                    # The turn is stored: the client needs the conversation's id to retry in it.
-                    exc.headers = {**exc.headers, "X-Conversation-Id": cid}
-                    raise
-                return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
-
-            return deferred_json(stored_answer, view=self)
+                return await _event_stream(stateful_chunks(job, include_usage=include_usage), cid)
+            try:
+                reply = await services.reply_generate(job=job)
+            except ApplicationError as exc:
+                # The turn is stored: the client needs the conversation's id to retry in it.
+                exc.headers = {**exc.headers, "X-Conversation-Id": cid}
+                raise
+            return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
         if stream:
             content = stateless_chunks(
                 model=model, messages=messages, params=params, include_usage=include_usage, key_id=key_id
             )
-            return _event_stream(content)
-
-        async def answer() -> Response:
-            body = await llm.chat_completion(model=model, messages=messages, params=params)
-            usage = llm.usage_of(body)
-            if usage is None:
-                usage = llm.estimate_usage(messages, llm.message_text(body))
-                body["usage"] = _usage_dict(usage)
-            if key_id is not None:
-                await _record_usage(
-                    api_key_id=key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
-                )
-            return Response(body)
-
-        return deferred_json(answer, view=self)
+            return await _event_stream(content)
+        body = await llm.chat_completion(model=model, messages=messages, params=params)
+        usage = llm.usage_of(body)
+        if usage is None:
+            usage = llm.estimate_usage(messages, llm.message_text(body))
+            body["usage"] = _usage_dict(usage)
+        if key_id is not None:
+            await _record_usage(
+                api_key_id=key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            )
+        return Response(body)
 
 
 class ModelOutput(serializers.Serializer):

@@ -10,7 +10,6 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 from django.db.models.expressions import RawSQL
 
-from chatapi import rows
 from chatapi.errors import InvalidRequest, NotFound
 from chatapi.ids import parse_uuid
 from conversations.models import Conversation, Message
@@ -41,15 +40,7 @@ def _pk_param(value: uuid.UUID):
 def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
     """The user's conversation; anything else (another user's, unknown, not a UUID) is a 404."""
     pk = parse_uuid(conversation_id)
-    conversation = None
-    if pk is not None:
-        # Plain SQL: on the path of every conversation request, and the ORM cost more than the query.
-        found = rows.instances(
-            Conversation,
-            f"SELECT {rows.columns(Conversation)} FROM {Conversation._meta.db_table} WHERE id = %s AND owner_id = %s",
-            [_pk_param(pk), user.pk],
-        )
-        conversation = found[0] if found else None
+    conversation = Conversation.objects.filter(pk=pk, owner=user).first() if pk is not None else None
     if conversation is None:
         raise NotFound("Conversation not found.", code="conversation_not_found")
     return conversation
@@ -86,15 +77,15 @@ def message_path_get(*, conversation: Conversation, leaf_id: object) -> list[Mes
     if pk is None:
         return []
     table = Message._meta.db_table
-    ancestors = rows.instances(
-        Message,
+    # A recursive CTE: the one query here the ORM cannot say.
+    ancestors = Message.objects.raw(
         f"""
         WITH RECURSIVE path(id, parent_id) AS (
             SELECT id, parent_id FROM {table} WHERE id = %s AND conversation_id = %s
             UNION ALL
             SELECT m.id, m.parent_id FROM {table} m JOIN path p ON m.id = p.parent_id
         )
-        SELECT {rows.columns(Message)} FROM {table} WHERE id IN (SELECT id FROM path)
+        SELECT * FROM {table} WHERE id IN (SELECT id FROM path)
         """,
         [_pk_param(pk), _pk_param(conversation.pk)],
     )

@@ -12,7 +12,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.services import api_key_usage_record
-from chatapi import rows
 from chatapi.db import db_work
 from chatapi.errors import BackendError, InvalidRequest, NotFound
 from conversations import llm
@@ -55,10 +54,7 @@ def _stored_model(model: str | None) -> str:
 
 
 def _conversation_insert(**fields: Any) -> Conversation:
-    """A new conversation, stored (plainly: new ones are made on the path of asks)."""
-    conversation = Conversation(**fields)
-    rows.insert(conversation)
-    return conversation
+    return Conversation.objects.create(**fields)
 
 
 def conversation_create(*, owner, title: str = "", model: str | None = None, system_prompt: str = "") -> Conversation:
@@ -210,13 +206,13 @@ def reply_store(
             total_tokens=usage.total_tokens if usage else None,
             created_at=now,
         )
-        rows.insert(reply)
+        reply.save(force_insert=True)
         fields = ["updated_at"]
         conversation.updated_at = now
         if finish_details != Message.Finish.ERROR:
             conversation.current_node = reply
             fields.append("current_node")
-        rows.update(conversation, fields)
+        conversation.save(update_fields=fields)
     return reply
 
 
@@ -301,11 +297,11 @@ def conversation_ask_prepare(
             content=prompt,
             created_at=now,
         )
-        rows.insert(request)
+        request.save(force_insert=True)
         if not conversation.title:
             conversation.title = title_from_prompt(prompt)
             conversation.updated_at = now
-            rows.update(conversation, ["title", "updated_at"])
+            conversation.save(update_fields=["title", "updated_at"])
     job_path = [*path, request]
     return _job(conversation=conversation, path=job_path, model=chosen_model, autocontinue=autocontinue, new=True)
 
@@ -412,13 +408,12 @@ def openai_turn_prepare(
             )
             added.append(parent)
             now += timedelta(microseconds=1)  # keeps them in order
-        if added:
-            rows.insert(*added)
+        Message.objects.bulk_create(added)
         if not conversation.title:
             conversation.title = title_from_prompt(next(text for m, text in texts if m["role"] == "user"))
             fields.append("title")
         if fields:
-            rows.update(conversation, fields)
+            conversation.save(update_fields=fields)
     return _job(
         conversation=conversation,
         path=[*path, *added],

@@ -8,6 +8,8 @@ away. Nothing here holds a thread while the stream is open.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +23,6 @@ from django.db import IntegrityError
 from django.http import HttpResponseBase, StreamingHttpResponse
 
 from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
-from chatapi.responses import LoopResponse, keep_alive
 from conversations import llm
 from conversations.models import Message
 from conversations.serializers import ReplyOutput
@@ -221,12 +222,34 @@ def stream_response(
     content: AsyncIterator[bytes], *, content_type: str, on_error: OnError, ping: bool = False
 ) -> StreamingHttpResponse:
     """A response that sends `content` as it is produced, with nothing between it and the client buffering
-    (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS
-    (sent by chatapi.asgi)."""
-    response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
+    (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS."""
+    content = _guarded(content, on_error)
     if ping:
-        keep_alive(response, PING, settings.CHATAPI_SSE_PING_SECONDS)
-    return response
+        content = _with_pings(content, PING, settings.CHATAPI_SSE_PING_SECONDS)
+    return StreamingHttpResponse(content, content_type=content_type, headers=NO_BUFFERING)
+
+
+async def _with_pings(content: AsyncIterator[bytes], ping: bytes, seconds: float) -> AsyncIterator[bytes]:
+    """`content`, with `ping` sent whenever it gave nothing for `seconds`. The wait for its next piece goes
+    on across pings (it is a task of its own, never cancelled by the timeout)."""
+    async with aclosing(content):  # type: ignore[type-var]
+        while True:
+            step = asyncio.ensure_future(anext(content))
+            try:
+                while True:
+                    done, _ = await asyncio.wait((step,), timeout=seconds)
+                    if done:
+                        break
+                    yield ping
+            finally:
+                if not step.done():  # the client went away during a silence
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+            try:
+                yield step.result()
+            except StopAsyncIteration:
+                return
 
 
 class _InternalError(ApplicationError):
@@ -238,44 +261,31 @@ class _InternalError(ApplicationError):
 _INTERNAL_ERROR = _InternalError("Internal server error.")
 
 
-class PrimedStreamingResponse(StreamingHttpResponse, LoopResponse):
-    """A stream whose first piece is awaited before the status line goes out (`chatapi.asgi` does it,
-    on the event loop), so that a failure before anything was generated can still be an ordinary error
-    response with its status: what OpenAI's SDKs need to raise the right exception.
-
-    `content` raises the ApplicationError instead of yielding its first piece; `on_failure` makes the
-    error response from it.
-    """
-
-    def __init__(
-        self,
-        content: AsyncIterator[bytes],
-        *,
-        on_failure: Callable[[ApplicationError], HttpResponseBase],
-        content_type: str,
-        on_error: OnError,
-    ) -> None:
-        # Unprimed (served some other way than by chatapi.asgi), it is an ordinary stream.
-        super().__init__(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
-        self._source = content
-        self._on_failure = on_failure
-        self._on_error = on_error
-
-    async def finish(self) -> HttpResponseBase:
-        """This response with its first piece in hand, or the error response if there is none."""
-        try:
-            first = await anext(self._source)
-        except StopAsyncIteration:
-            first = b""
-        except ApplicationError as exc:
-            await self._source.aclose()
-            return self._on_failure(exc)
-        except Exception:
-            logger.exception("A streamed response failed before its first piece")
-            await self._source.aclose()
-            return self._on_failure(_INTERNAL_ERROR)
-        self.streaming_content = _guarded(_then(first, self._source), self._on_error)
-        return self
+async def primed_stream(
+    content: AsyncIterator[bytes],
+    *,
+    on_failure: Callable[[ApplicationError], HttpResponseBase],
+    content_type: str,
+    on_error: OnError,
+) -> HttpResponseBase:
+    """A stream whose first piece is awaited before the status line goes out, so that a failure before
+    anything was generated can still be an ordinary error response with its status: what OpenAI's SDKs
+    need to raise the right exception. `content` raises the ApplicationError instead of yielding its first
+    piece; `on_failure` makes the error response from it."""
+    try:
+        first = await anext(content)
+    except StopAsyncIteration:
+        first = b""
+    except ApplicationError as exc:
+        await content.aclose()  # type: ignore[attr-defined]
+        return on_failure(exc)
+    except Exception:
+        logger.exception("A streamed response failed before its first piece")
+        await content.aclose()  # type: ignore[attr-defined]
+        return on_failure(_INTERNAL_ERROR)
+    return StreamingHttpResponse(
+        _guarded(_then(first, content), on_error), content_type=content_type, headers=NO_BUFFERING
+    )
 
 
 async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+from adrf.viewsets import ViewSet as AsyncViewSet
 from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -16,8 +17,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import APIKey
+from chatapi.db import db_work
 from chatapi.negotiation import StreamFriendlyNegotiation
-from chatapi.responses import deferred_json
 from chatapi.schema import ERROR_RESPONSES
 from conversations import selectors, services, streaming
 from conversations.models import Conversation
@@ -55,22 +56,22 @@ def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
     return bool(data.pop("stream", False)) or "text/event-stream" in request.headers.get("Accept", "")
 
 
-def _reply(
+async def _reply(
     view: APIView, data: dict[str, Any], prepare: Callable[..., services.ReplyJob], **kwargs: Any
 ) -> HttpResponseBase:
     """Store the prompt, then answer with the reply as JSON (201) or as a stream of server-sent events."""
     request = view.request
     stream = _wants_stream(request, data)
-    job = prepare(**kwargs, **data)
+
+    def stored_prompt() -> tuple[services.ReplyJob, dict[str, Any] | None]:
+        job = prepare(**kwargs, **data)
+        return job, MessageOutput(job.request).data if job.request_is_new and stream else None
+
+    job, request_data = await db_work(stored_prompt)()
     job.api_key_id = api_key_id(request)
     if not stream:
-
-        async def answer() -> Response:
-            reply = await services.reply_generate(job=job)
-            return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
-
-        return deferred_json(answer, view=view)
-    request_data = MessageOutput(job.request).data if job.request_is_new else None
+        reply = await services.reply_generate(job=job)
+        return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
     return streaming.stream_response(
         streaming.reply_events(job, request_data=request_data),
         content_type="text/event-stream",
@@ -85,13 +86,17 @@ def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
     return ConversationOutput(conversation, context={"messages": messages, "children": children}).data
 
 
+def _conversation(request: Request, conversation_id: str) -> Conversation:
+    return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+
+
 class ConversationViewSet(viewsets.ViewSet):
     """Conversations of the authenticated user; anybody else's are a 404."""
 
     content_negotiation_class = StreamFriendlyNegotiation
 
     def _conversation(self, request: Request, conversation_id: str) -> Conversation:
-        return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+        return _conversation(request, conversation_id)
 
     @extend_schema(
         operation_id="conversations_list",
@@ -129,19 +134,6 @@ class ConversationViewSet(viewsets.ViewSet):
         data = _validated(ConversationCreateInput, request.data)
         conversation = services.conversation_create(owner=request.user, **data)
         return Response(_conversation_detail(conversation), status=status.HTTP_201_CREATED)
-
-    @extend_schema(
-        operation_id="conversations_new",
-        request=ConversationNewInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
-        description=(
-            "Start a conversation with its first prompt. `response.parent_id` is the id to continue from; "
-            "`response.request_id` is the stored user message."
-        ),
-    )
-    def new(self, request: Request) -> Response:
-        data = _validated(ConversationNewInput, request.data)
-        return _reply(self, data, services.conversation_start_prepare, owner=request.user)
 
     @extend_schema(
         operation_id="conversations_retrieve",
@@ -183,22 +175,6 @@ class ConversationViewSet(viewsets.ViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
-        operation_id="conversations_ask",
-        parameters=[CONVERSATION_ID],
-        request=AskInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
-        description=(
-            "Ask in a conversation. Without `parent_id` the prompt continues `current_node`; with an earlier "
-            "message's id it starts a new branch. On a backend error the prompt stays stored and its id is in "
-            "`error.details.message_id`."
-        ),
-    )
-    def ask(self, request: Request, conversation_id: str) -> Response:
-        conversation = self._conversation(request, conversation_id)
-        data = _validated(AskInput, request.data)
-        return _reply(self, data, services.conversation_ask_prepare, conversation=conversation)
-
-    @extend_schema(
         operation_id="conversations_messages",
         parameters=[CONVERSATION_ID, MessageListQuery],
         responses={200: MessageOutput(many=True), **ERROR_RESPONSES},
@@ -217,19 +193,6 @@ class ConversationViewSet(viewsets.ViewSet):
                 messages = selectors.message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
             children = selectors.message_children_map(messages=messages)
         return Response(MessageOutput(messages, many=True, context={"children": children}).data)
-
-    @extend_schema(
-        operation_id="conversations_regenerate",
-        parameters=[CONVERSATION_ID, MESSAGE_ID],
-        request=RegenerateInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
-        description="A new reply: a sibling of an assistant message, or a new child of a user message.",
-    )
-    def regenerate(self, request: Request, conversation_id: str, message_id: str) -> Response:
-        conversation = self._conversation(request, conversation_id)
-        message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
-        data = _validated(RegenerateInput, request.data)
-        return _reply(self, data, services.message_regenerate_prepare, conversation=conversation, message=message)
 
     @extend_schema(
         operation_id="conversations_message_destroy",
@@ -255,3 +218,60 @@ class ConversationViewSet(viewsets.ViewSet):
         data = _validated(ForkInput, request.data)
         fork = services.conversation_fork(conversation=conversation, **data)
         return Response(_conversation_detail(fork), status=status.HTTP_201_CREATED)
+
+
+class ReplyViewSet(AsyncViewSet):
+    """The conversation API's endpoints that wait for the model: async views, so a wait holds no thread.
+    The prompt is validated and stored in a thread (Django's ORM is synchronous), then the reply is awaited."""
+
+    content_negotiation_class = StreamFriendlyNegotiation
+
+    @extend_schema(
+        operation_id="conversations_new",
+        request=ConversationNewInput,
+        responses={201: AskOutput, **ERROR_RESPONSES},
+        description=(
+            "Start a conversation with its first prompt. `response.parent_id` is the id to continue from; "
+            "`response.request_id` is the stored user message."
+        ),
+    )
+    async def new(self, request: Request) -> HttpResponseBase:
+        data = _validated(ConversationNewInput, request.data)
+        return await _reply(self, data, services.conversation_start_prepare, owner=request.user)
+
+    @extend_schema(
+        operation_id="conversations_ask",
+        parameters=[CONVERSATION_ID],
+        request=AskInput,
+        responses={201: AskOutput, **ERROR_RESPONSES},
+        description=(
+            "Ask in a conversation. Without `parent_id` the prompt continues `current_node`; with an earlier "
+            "message's id it starts a new branch. On a backend error the prompt stays stored and its id is in "
+            "`error.details.message_id`."
+        ),
+    )
+    async def ask(self, request: Request, conversation_id: str) -> HttpResponseBase:
+        data = _validated(AskInput, request.data)
+
+        def prepare(**fields: Any) -> services.ReplyJob:
+            conversation = _conversation(request, conversation_id)
+            return services.conversation_ask_prepare(conversation=conversation, **fields)
+
+        return await _reply(self, data, prepare)
+
+    @extend_schema(
+        operation_id="conversations_regenerate",
+        parameters=[CONVERSATION_ID, MESSAGE_ID],
+        request=RegenerateInput,
+        responses={201: AskOutput, **ERROR_RESPONSES},
+        description="A new reply: a sibling of an assistant message, or a new child of a user message.",
+    )
+    async def regenerate(self, request: Request, conversation_id: str, message_id: str) -> HttpResponseBase:
+        data = _validated(RegenerateInput, request.data)
+
+        def prepare(**fields: Any) -> services.ReplyJob:
+            conversation = _conversation(request, conversation_id)
+            message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
+            return services.message_regenerate_prepare(conversation=conversation, message=message, **fields)
+
+        return await _reply(self, data, prepare)

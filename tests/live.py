@@ -12,7 +12,6 @@ from typing import Any
 
 import requests
 import uvicorn
-from django.test import override_settings
 
 
 class LiveASGIServer:
@@ -23,11 +22,8 @@ class LiveASGIServer:
         config = uvicorn.Config("chatapi.asgi:application", log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
-        # A server in the test process is no worker process: it leaves the test process on all its cores.
-        self._unpinned = override_settings(CHATAPI_PIN_CPU=False)
 
     def start(self) -> LiveASGIServer:
-        self._unpinned.enable()
         self._thread.start()
         deadline = time.monotonic() + 20
         while not self._server.started:
@@ -40,7 +36,6 @@ class LiveASGIServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._sock.close()
-        self._unpinned.disable()
 
 
 @dataclass

@@ -231,7 +231,7 @@ def test_a_stateful_turn_of_several_messages_is_stored_in_order(sdk, backend, ap
 
 
 def test_a_long_history_sent_as_the_first_turn_is_stored_whole_in_a_few_statements(api):
-    # An imported chat of 1,201 messages: stored in order, a few rows to each INSERT, not one by one.
+    # An imported chat of 1,201 messages: stored in order, many rows to each INSERT, not one by one.
     history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(1201)]
     with CaptureQueriesContext(connection) as queries:
         response = api.post(
@@ -241,8 +241,10 @@ def test_a_long_history_sent_as_the_first_turn_is_stored_whole_in_a_few_statemen
             HTTP_X_CONVERSATION_ID="new",
         )
     assert response.status_code == 200, response.content
-    inserts = [q for q in queries if q["sql"].startswith(f"INSERT INTO {Message._meta.db_table}")]
-    assert len(inserts) == 4  # the history in three statements (500, 500, 201), then the reply
+    table = connection.ops.quote_name(Message._meta.db_table)
+    inserts = [q for q in queries if q["sql"].startswith(f"INSERT INTO {table}")]
+    # The history in bulk_create's batches (on SQLite Django puts at most 999 values in one), then the reply.
+    assert 2 <= len(inserts) <= 20
     messages = api.get(f"/conversations/{response['X-Conversation-Id']}/messages").json()
     assert [m["message"] for m in messages[:-1]] == [m["content"] for m in history]
     assert all(m["parent_id"] == p["id"] for p, m in zip(messages, messages[1:], strict=False))

@@ -112,39 +112,3 @@ def test_bare_authorization_header_and_401_over_http(served):
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert response.json()["error"]["type"] == "authentication_error"
-
-
-def _cores(process: subprocess.Popen) -> set[int]:
-    """The CPU cores the process's main thread may run on."""
-    with open(f"/proc/{process.pid}/status") as status:
-        allowed = next(line for line in status if line.startswith("Cpus_allowed_list:")).split(":")[1].strip()
-    cores: set[int] = set()
-    for part in allowed.split(","):
-        low, _, high = part.partition("-")
-        cores.update(range(int(low), int(high or low) + 1))
-    return cores
-
-
-@pytest.mark.skipif(
-    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2 or not os.path.exists("/proc/self/status"),
-    reason="pinning workers to cores needs Linux and at least two CPU cores",
-)
-def test_each_worker_keeps_to_a_cpu_core_of_its_own_unless_told_not_to(site, tmp_path):
-    env, key = site
-    # The cores held are known by lock files in the temporary directory: one of the test's own, so
-    # that no other server on this machine holds any.
-    env = {**env, "TMPDIR": str(tmp_path)}
-    everywhere = os.sched_getaffinity(0)
-    with _serving(env) as (first_url, first), _serving(env) as (second_url, second):
-        assert len(_cores(first)) == 1 and len(_cores(second)) == 1
-        assert _cores(first) != _cores(second)
-        for url in (first_url, second_url):  # and they serve
-            assert requests.get(f"{url}/conversations", headers={"Authorization": key}, timeout=10).status_code == 200
-        with _serving({**env, "CHATAPI_PIN_CPU": "false"}) as (_, unpinned):
-            assert _cores(unpinned) == everywhere
-        if len(everywhere) == 2:  # every core is held: a third worker is left where the kernel puts it
-            with _serving(env) as (_, third):
-                assert _cores(third) == everywhere
-    # A stopped worker gives its core back: the next one takes it.
-    with _serving(env) as (_, fourth):
-        assert len(_cores(fourth)) == 1

@@ -87,7 +87,7 @@ def _one_line_naming(result: subprocess.CompletedProcess[str], name: str) -> Non
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("CHATAPI_BACKEND_TIMEOUT", "soon"), ("DATABASE_URL", "nosuchdb://x/y"), ("CHATAPI_PIN_CPU", "maybe")],
+    [("CHATAPI_BACKEND_TIMEOUT", "soon"), ("DATABASE_URL", "nosuchdb://x/y"), ("CHATAPI_SSE_PING_SECONDS", "often")],
 )
 def test_a_bad_setting_stops_manage_py_with_one_line_naming_it(name, value):
     _one_line_naming(run_check(**{name: value}), name)
