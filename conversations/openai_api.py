@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -229,7 +229,7 @@ _record_usage = db_work(api_key_usage_record)
 
 async def stateless_chunks(
     *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], include_usage: bool, key_id: Any
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The backend's chunks forwarded as they come; only the key's usage is recorded."""
     usage: llm.Usage | None = None
     text: list[str] = []
@@ -274,7 +274,7 @@ async def stateless_chunks(
             )
 
 
-async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> AsyncIterator[bytes]:
+async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> AsyncGenerator[bytes, None]:
     """A stored reply's pieces as `chat.completion.chunk` events; stored when the stream ends."""
     base = {
         "id": f"chatcmpl-{job.reply_id.hex}",
@@ -313,7 +313,7 @@ def _internal_error(_chunks_sent: int) -> bytes:
     return _data({"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}})
 
 
-def _event_stream(content: AsyncIterator[bytes], conversation_id: str | None = None) -> StreamingHttpResponse:
+def _event_stream(content: AsyncGenerator[bytes, None], conversation_id: str | None = None) -> StreamingHttpResponse:
     response = streaming.PrimedStreamingResponse(
         content, on_failure=_stream_failed, content_type="text/event-stream", on_error=_internal_error
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from itertools import count
@@ -42,7 +42,7 @@ class _End:
     error: BackendError | None = None
 
 
-async def _pieces(job: ReplyJob) -> AsyncIterator[llm.StreamChunk | _End]:
+async def _pieces(job: ReplyJob) -> AsyncGenerator[llm.StreamChunk | _End, None]:
     """The backend's pieces for `job` as they arrive (across rounds, with autocontinue), then an _End.
 
     Read in the task that sends them on: no task or queue in between, and a client that reads slowly
@@ -113,7 +113,7 @@ async def _store_reply(job: ReplyJob, **fields: Any) -> tuple[Message | None, Ap
         return None, CONCURRENT_CHANGE
 
 
-async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed]:
+async def reply_stream(job: ReplyJob) -> AsyncGenerator[Delta | Done | Failed, None]:
     """A reply as it is generated, stored when it ends; the formats below turn it into bytes.
 
     If the consumer stops early (the client went away), the backend request is cancelled and the
@@ -171,7 +171,7 @@ def _delta_frame(seq: int, reply_id: str, text: str) -> bytes:
     return f'id: {seq}\nevent: delta\ndata: {{"id":"{reply_id}","delta":{text_json}}}\n\n'.encode()
 
 
-async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncIterator[bytes]:
+async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncGenerator[bytes, None]:
     """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`."""
     seq = count(1)
     reply_id = str(job.reply_id)
@@ -189,7 +189,7 @@ async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) ->
                 yield _frame(next(seq), "error", {**body, "id": reply_id})
 
 
-async def reply_text(job: ReplyJob) -> AsyncIterator[bytes]:
+async def reply_text(job: ReplyJob) -> AsyncGenerator[bytes, None]:
     """The reply as plain text, as it is generated (`/api/complete`); a failure ends it with `[error: …]`."""
     async with aclosing(reply_stream(job)) as events:
         async for event in events:
@@ -203,7 +203,7 @@ async def reply_text(job: ReplyJob) -> AsyncIterator[bytes]:
 OnError = Callable[[int], bytes]
 
 
-async def _guarded(content: AsyncIterator[bytes], on_error: OnError) -> AsyncIterator[bytes]:
+async def _guarded(content: AsyncGenerator[bytes, None], on_error: OnError) -> AsyncGenerator[bytes, None]:
     """`content`, but a bug inside it ends the stream with `on_error(pieces sent)` (and a log entry),
     not a cut connection."""
     sent = 0
@@ -218,7 +218,7 @@ async def _guarded(content: AsyncIterator[bytes], on_error: OnError) -> AsyncIte
 
 
 def stream_response(
-    content: AsyncIterator[bytes], *, content_type: str, on_error: OnError, ping: bool = False
+    content: AsyncGenerator[bytes, None], *, content_type: str, on_error: OnError, ping: bool = False
 ) -> StreamingHttpResponse:
     """A response that sends `content` as it is produced, with nothing between it and the client buffering
     (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS
@@ -249,7 +249,7 @@ class PrimedStreamingResponse(StreamingHttpResponse, LoopResponse):
 
     def __init__(
         self,
-        content: AsyncIterator[bytes],
+        content: AsyncGenerator[bytes, None],
         *,
         on_failure: Callable[[ApplicationError], HttpResponseBase],
         content_type: str,
@@ -278,7 +278,7 @@ class PrimedStreamingResponse(StreamingHttpResponse, LoopResponse):
         return self
 
 
-async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _then(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     async with aclosing(rest):
         yield first
         async for part in rest:
