@@ -27,9 +27,9 @@ import django
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.urls import get_resolver, set_script_prefix
 
 from chatapi.pool import LifoThreadPool
@@ -88,6 +88,7 @@ class PooledASGIHandler(ASGIHandler):
         set_script_prefix(get_script_prefix(scope))
         request, error_response = self.create_request(scope, body_file)
         if request is None:
+            assert error_response is not None  # create_request gives one or the other
             await self.send_response(error_response, send)
             return
         ON_LOOP.set(True)
@@ -96,6 +97,7 @@ class PooledASGIHandler(ASGIHandler):
         if not answer.streaming:
             await self.send_response(answer, send)
         else:
+            assert isinstance(answer, StreamingHttpResponse)  # the responses whose `streaming` is true
             # A stream is cut short when the client goes away (its generator's clean-up stores what it has).
             sending = asyncio.ensure_future(self._send_stream(answer, send))
             listening = asyncio.ensure_future(self.listen_for_disconnect(receive))
@@ -108,7 +110,7 @@ class PooledASGIHandler(ASGIHandler):
         if response.streaming:  # the others were closed in their thread
             await asyncio.get_running_loop().run_in_executor(self.executor, response.close)
 
-    async def _send_stream(self, response: HttpResponseBase, send: Any) -> None:
+    async def _send_stream(self, response: StreamingHttpResponse, send: Any) -> None:
         """Send a streamed response piece by piece as its iterator gives them (Django's own sender also
         splits every piece into 64 KB chunks); one marked with `keep_alive` gets its comment in every
         silence."""
@@ -116,7 +118,7 @@ class PooledASGIHandler(ASGIHandler):
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         pinger = None
-        keep_alive = getattr(response, "keep_alive", None)
+        keep_alive = response.keep_alive if isinstance(response, KeepAliveStreamingResponse) else None
         if keep_alive is not None:
             comment, seconds = keep_alive
 
@@ -131,7 +133,8 @@ class PooledASGIHandler(ASGIHandler):
 
             pinger = asyncio.ensure_future(ping_when_silent())
         try:
-            async with aclosing(aiter(response)) as content:
+            # StreamingHttpResponse.__aiter__ is an async generator; django-stubs type it as an AsyncIterator.
+            async with aclosing(aiter(response)) as content:  # type: ignore[type-var]
                 async for part in content:
                     last_sent = loop.time()
                     await send({"type": "http.response.body", "body": part, "more_body": True})
@@ -158,9 +161,11 @@ class PooledASGIHandler(ASGIHandler):
     def _get_response_in_thread(self, request: HttpRequest) -> HttpResponseBase:
         # The request_started receivers (resetting the query log, closing expired database connections)
         # act on this thread's connections: they run here, not in a thread of their own.
+        assert isinstance(request, ASGIRequest)  # made by create_request
         signals.request_started.send(sender=self.__class__, scope=request.scope)
         response = self.get_response(request)
-        response._handler_class = self.__class__
+        # Read by close() (the request_finished sender), as in Django's own handlers; django-stubs omit it.
+        response._handler_class = self.__class__  # type: ignore[attr-defined]
         if not response.streaming:
             # request_finished, in the thread that used the connections. A DeferredJSONResponse needs
             # nothing of the request's any more: what it makes on the loop, it makes from its own state.
@@ -179,6 +184,11 @@ def _start_message(response: HttpResponseBase) -> dict[str, Any]:
 
 
 django.setup(set_prefix=False)
-from chatapi.responses import ON_LOOP, LoopResponse, close_loop_resources  # noqa: E402  (needs the settings)
+from chatapi.responses import (  # noqa: E402  (needs the settings)
+    ON_LOOP,
+    KeepAliveStreamingResponse,
+    LoopResponse,
+    close_loop_resources,
+)
 
 application = PooledASGIHandler()

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.http import HttpResponse, HttpResponseBase
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
@@ -36,7 +36,13 @@ async def close_loop_resources() -> None:
         await closer()
 
 
-def keep_alive(response: HttpResponseBase, comment: bytes, seconds: float) -> None:
+class KeepAliveStreamingResponse(StreamingHttpResponse):
+    """A stream that chatapi.asgi can keep open through its silences (see keep_alive)."""
+
+    keep_alive: tuple[bytes, float] | None = None
+
+
+def keep_alive(response: KeepAliveStreamingResponse, comment: bytes, seconds: float) -> None:
     """Have chatapi.asgi send `comment` on the stream `response` whenever nothing was sent for `seconds`,
     so that proxies keep an idle stream open."""
     response.keep_alive = (comment, seconds)

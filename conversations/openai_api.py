@@ -100,9 +100,9 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     return response
 
 
-def _stream_failed(exc: ApplicationError) -> HttpResponseBase:
+def _stream_failed(failure: ApplicationError) -> HttpResponseBase:
     """The error response of a stream that failed before its first piece."""
-    exc = _as_openai_error(exc)
+    exc = _as_openai_error(failure)
     assert isinstance(exc, ApplicationError)
     error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
     return JsonResponse(_openai_body(error), status=exc.status_code, headers=exc.headers)

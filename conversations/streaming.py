@@ -21,7 +21,7 @@ from django.db import IntegrityError
 from django.http import HttpResponseBase, StreamingHttpResponse
 
 from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
-from chatapi.responses import LoopResponse, keep_alive
+from chatapi.responses import KeepAliveStreamingResponse, LoopResponse, keep_alive
 from conversations import llm
 from conversations.models import Message
 from conversations.serializers import ReplyOutput
@@ -223,7 +223,7 @@ def stream_response(
     """A response that sends `content` as it is produced, with nothing between it and the client buffering
     (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS
     (sent by chatapi.asgi)."""
-    response = StreamingHttpResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
+    response = KeepAliveStreamingResponse(_guarded(content, on_error), content_type=content_type, headers=NO_BUFFERING)
     if ping:
         keep_alive(response, PING, settings.CHATAPI_SSE_PING_SECONDS)
     return response

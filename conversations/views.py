@@ -139,7 +139,7 @@ class ConversationViewSet(viewsets.ViewSet):
             "`response.request_id` is the stored user message."
         ),
     )
-    def new(self, request: Request) -> Response:
+    def new(self, request: Request) -> HttpResponseBase:
         data = _validated(ConversationNewInput, request.data)
         return _reply(self, data, services.conversation_start_prepare, owner=request.user)
 
@@ -193,7 +193,7 @@ class ConversationViewSet(viewsets.ViewSet):
             "`error.details.message_id`."
         ),
     )
-    def ask(self, request: Request, conversation_id: str) -> Response:
+    def ask(self, request: Request, conversation_id: str) -> HttpResponseBase:
         conversation = self._conversation(request, conversation_id)
         data = _validated(AskInput, request.data)
         return _reply(self, data, services.conversation_ask_prepare, conversation=conversation)
@@ -225,7 +225,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={201: AskOutput, **ERROR_RESPONSES},
         description="A new reply: a sibling of an assistant message, or a new child of a user message.",
     )
-    def regenerate(self, request: Request, conversation_id: str, message_id: str) -> Response:
+    def regenerate(self, request: Request, conversation_id: str, message_id: str) -> HttpResponseBase:
         conversation = self._conversation(request, conversation_id)
         message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
         data = _validated(RegenerateInput, request.data)
