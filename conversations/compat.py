@@ -9,10 +9,10 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
-from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import AuthenticatedRequest
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import StrictCharField
 from chatapi.negotiation import StreamFriendlyNegotiation
@@ -76,7 +76,7 @@ class AskView(APIView):
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."
         ),
     )
-    def post(self, request: Request) -> HttpResponseBase:
+    def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         job = services.compat_ask_prepare(owner=request.user, **serializer.validated_data)
@@ -115,7 +115,7 @@ class CompleteView(APIView):
             "started is appended as a line `[error: …]`."
         ),
     )
-    def post(self, request: Request) -> StreamingHttpResponse:
+    def post(self, request: AuthenticatedRequest) -> StreamingHttpResponse:
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         job = services.complete_prepare(owner=request.user, content=serializer.validated_data["content"])

@@ -24,6 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import AuthenticatedRequest
 from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
@@ -411,7 +412,7 @@ class ChatCompletionsView(_OpenAIView):
             "answers with the header `X-Conversation-Id`."
         ),
     )
-    def post(self, request: Request) -> HttpResponseBase:
+    def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         model, messages, params, stream, include_usage = validate_request(request.data)
         key_id = api_key_id(request)
         conversation_id = request.headers.get("X-Conversation-Id", "").strip()

@@ -10,6 +10,7 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 from django.db.models.expressions import RawSQL
 
+from accounts.models import User
 from chatapi import rows
 from chatapi.errors import InvalidRequest, NotFound
 from chatapi.ids import parse_uuid
@@ -25,7 +26,7 @@ ORDERINGS = {
 }
 
 
-def conversation_list_for_user(*, user, q: str = "", order: str = "-update_time") -> QuerySet[Conversation]:
+def conversation_list_for_user(*, user: User, q: str = "", order: str = "-update_time") -> QuerySet[Conversation]:
     conversations = Conversation.objects.filter(owner=user)
     if q:
         conversations = conversations.filter(title__icontains=q)
@@ -38,7 +39,7 @@ def _pk_param(value: uuid.UUID):
     return Message._meta.pk.get_db_prep_value(value, connection)
 
 
-def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
+def conversation_get_for_user(*, user: User, conversation_id: object) -> Conversation:
     """The user's conversation; anything else (another user's, unknown, not a UUID) is a 404."""
     pk = parse_uuid(conversation_id)
     conversation = None
@@ -55,7 +56,7 @@ def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
     return conversation
 
 
-def conversation_of_message_for_user(*, user, message_id: object, param: str) -> Conversation:
+def conversation_of_message_for_user(*, user: User, message_id: object, param: str) -> Conversation:
     """The user's conversation holding the message `message_id` (sent in a body: anything else is a 400)."""
     pk = parse_uuid(message_id)
     conversation = Conversation.objects.filter(owner=user, messages__pk=pk).first() if pk else None
@@ -162,5 +163,5 @@ def conversation_message_count(*, conversation: Conversation) -> int:
     return Message.objects.filter(conversation=conversation).count()
 
 
-def conversation_latest_for_origin(*, user, origin: str) -> Conversation | None:
+def conversation_latest_for_origin(*, user: User, origin: str) -> Conversation | None:
     return Conversation.objects.filter(owner=user, origin=origin).order_by("-updated_at").first()

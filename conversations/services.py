@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.models import User
 from accounts.services import api_key_usage_record
 from chatapi import rows
 from chatapi.db import db_work
@@ -61,7 +62,9 @@ def _conversation_insert(**fields: Any) -> Conversation:
     return conversation
 
 
-def conversation_create(*, owner, title: str = "", model: str | None = None, system_prompt: str = "") -> Conversation:
+def conversation_create(
+    *, owner: User, title: str = "", model: str | None = None, system_prompt: str = ""
+) -> Conversation:
     stored_model = _stored_model(model)  # validates before anything is written
     return _conversation_insert(owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt)
 
@@ -97,7 +100,7 @@ def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 
 
-def conversation_delete_all(*, owner) -> int:
+def conversation_delete_all(*, owner: User) -> int:
     """Delete every conversation of `owner` (and only theirs); returns how many."""
     count = Conversation.objects.filter(owner=owner).count()
     Conversation.objects.filter(owner=owner).delete()
@@ -312,7 +315,7 @@ def conversation_ask_prepare(
 
 def conversation_start_prepare(
     *,
-    owner,
+    owner: User,
     prompt: str,
     title: str = "",
     model: str | None = None,
@@ -325,7 +328,7 @@ def conversation_start_prepare(
     return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
 
 
-def complete_prepare(*, owner, content: str) -> ReplyJob:
+def complete_prepare(*, owner: User, content: str) -> ReplyJob:
     """`/api/complete`: the prompt continues the caller's latest conversation made there (or a new one)."""
     _validate_prompt(content, param="content")
     conversation = conversation_latest_for_origin(user=owner, origin=Conversation.Origin.COMPLETE)
@@ -335,7 +338,7 @@ def complete_prepare(*, owner, content: str) -> ReplyJob:
 
 
 def compat_ask_prepare(
-    *, owner, content: str, conversation_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None
+    *, owner: User, content: str, conversation_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None
 ) -> ReplyJob:
     """`/api/ask`: ask in the given conversation (from `parent_id`, or its current node), in the conversation
     of `parent_id` when only that is given (the previous answer's `response_id`), or in a new one."""
@@ -363,7 +366,7 @@ def _message_text(message: dict[str, Any], index: int) -> str:
 
 def openai_turn_prepare(
     *,
-    owner,
+    owner: User,
     conversation_id: str,
     messages: list[dict[str, Any]],
     model: str,
