@@ -74,8 +74,9 @@ class APIKeyStatusFilter(admin.SimpleListFilter):
         return [("active", "Active"), ("revoked", "Revoked"), ("expired", "Expired")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> QuerySet[APIKey]:
-        if self.value() in {"active", "revoked", "expired"}:
-            return selectors.api_key_filter_by_status(keys=queryset, status=self.value())
+        status = self.value()
+        if status in {"active", "revoked", "expired"}:
+            return selectors.api_key_filter_by_status(keys=queryset, status=status)
         return queryset
 
 

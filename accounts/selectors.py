@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
@@ -35,7 +35,7 @@ def api_key_get_by_lookup_id(*, lookup_id: str) -> APIKey | None:
     )
     if not found:
         return None
-    api_key, user = found[0]
+    api_key, user = cast("tuple[APIKey, User]", found[0])  # the models given to rows(), in order
     api_key.user = user
     return api_key
 

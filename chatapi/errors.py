@@ -96,12 +96,12 @@ def error_body(
     return {"error": {"message": message, "type": type, "code": code, "param": param, "details": details or {}}}
 
 
-def _flatten_validation(detail: Any) -> dict[str, Any]:
+def _flatten_validation(detail: Any) -> dict[str, Any] | list[Any] | str:
     """DRF's nested ErrorDetail structure as plain strings, keyed by field."""
     if isinstance(detail, dict):
         return {key: _flatten_validation(value) for key, value in detail.items()}
     if isinstance(detail, list):
-        return [_flatten_validation(item) for item in detail]  # type: ignore[return-value]
+        return [_flatten_validation(item) for item in detail]
     return str(detail)
 
 
@@ -156,9 +156,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         return Response(body, status=400)
 
     if isinstance(exc, drf.ValidationError):
-        details = _flatten_validation(exc.detail)
-        if not isinstance(details, dict):
-            details = {"non_field_errors": details}
+        flat = _flatten_validation(exc.detail)
+        details = flat if isinstance(flat, dict) else {"non_field_errors": flat}
         param = next(iter(details), None)
         if param == "non_field_errors":
             param = None

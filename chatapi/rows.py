@@ -11,11 +11,11 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Model
+from django.db.models import Field, Model
 
 M = TypeVar("M", bound=Model)
 Reader = Callable[[Sequence[Any]], Model]
@@ -27,7 +27,7 @@ _readers: weakref.WeakKeyDictionary[BaseDatabaseWrapper, dict[type[Model], Reade
 def columns(model: type[Model], alias: str = "") -> str:
     """The model's columns, in field order, for a SELECT that `rows` reads (`alias.` before each if given)."""
     prefix = f"{alias}." if alias else ""
-    return ", ".join(prefix + field.column for field in model._meta.concrete_fields)
+    return ", ".join(f"{prefix}{field.column}" for field in model._meta.concrete_fields)
 
 
 def _reader(model: type[Model], connection: BaseDatabaseWrapper) -> Reader:
@@ -42,12 +42,13 @@ def _reader(model: type[Model], connection: BaseDatabaseWrapper) -> Reader:
             for convert in connection.ops.get_db_converters(column) + field.get_db_converters(connection):
                 converters.append((index, convert, column))
         alias = connection.alias
+        field_names = [field.attname for field in fields]
 
         def reader(values: Sequence[Any]) -> Model:
             values = list(values)
             for index, convert, column in converters:
                 values[index] = convert(values[index], column, connection)
-            return model.from_db(alias, None, values)
+            return model.from_db(alias, field_names, values)
 
         per_connection[model] = reader
     return reader
@@ -109,7 +110,7 @@ def update(instance: Model, fields: Sequence[str]) -> None:
     model = type(instance)
     connection = connections[router.db_for_write(model)]
     meta = model._meta
-    targets = [meta.get_field(name) for name in fields]
+    targets = cast("list[Field[Any, Any]]", [meta.get_field(name) for name in fields])  # fields with columns
     assignments = ", ".join(f"{field.column} = %s" for field in targets)
     values = [field.get_db_prep_save(getattr(instance, field.attname), connection) for field in targets]
     values.append(meta.pk.get_db_prep_value(instance.pk, connection))
