@@ -173,8 +173,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             ("invalid_request_error" if exc.status_code < 500 else "server_error", exc.default_code),
         )
         headers: dict[str, str] = {}
-        if isinstance(exc, drf.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait) + 1)
+        # Throttled.wait is set in its __init__; djangorestframework-stubs leave it out.
+        if isinstance(exc, drf.Throttled) and exc.wait is not None:  # type: ignore[attr-defined]
+            headers["Retry-After"] = str(int(exc.wait) + 1)  # type: ignore[attr-defined]
         message = exc.detail if isinstance(exc.detail, str) else _first_message(exc.detail)
         if isinstance(exc, drf.ParseError):
             message = f"Malformed request body: {message}"

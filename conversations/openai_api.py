@@ -465,7 +465,8 @@ class ModelOutput(serializers.Serializer):
 
 class ModelListOutput(serializers.Serializer):
     object = serializers.CharField()
-    data = ModelOutput(many=True)
+    # A declared field: DRF's metaclass takes it off the class, so Serializer.data stays; the stubs don't know.
+    data = ModelOutput(many=True)  # type: ignore[assignment]
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -80,23 +80,24 @@ class DatabaseWrapper(base.DatabaseWrapper):
         cursor.wrapper = self
         return cursor
 
+    # Django's private hooks from here on, which django-stubs leave out: hence the ignores.
     def _start_transaction_under_autocommit(self) -> None:
         self.write_lock_acquire()
         try:
-            super()._start_transaction_under_autocommit()
+            super()._start_transaction_under_autocommit()  # type: ignore[misc]
         except BaseException:
             self.write_lock_release()
             raise
 
     def _set_autocommit(self, autocommit: bool) -> None:
         try:
-            super()._set_autocommit(autocommit)
+            super()._set_autocommit(autocommit)  # type: ignore[misc]
         finally:
             if autocommit:  # the transaction is over (committed or rolled back)
                 self.write_lock_release()
 
     def _close(self) -> None:
         try:
-            super()._close()
+            super()._close()  # type: ignore[misc]
         finally:
             self.write_lock_release()
