@@ -5,6 +5,9 @@ Their clients read `error` as a string, so errors here are `{"error": "<text>"}`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -64,7 +67,7 @@ COMPAT_ERRORS = {
 class AskView(APIView):
     """`POST /api/ask`: one exchange, answered whole; threads are chained through `response_id`."""
 
-    def get_exception_handler(self):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
         return compat_exception_handler
 
     @extend_schema(
@@ -102,7 +105,7 @@ class CompleteView(APIView):
 
     content_negotiation_class = StreamFriendlyNegotiation
 
-    def get_exception_handler(self):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
         return compat_exception_handler
 
     @extend_schema(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -330,7 +330,7 @@ class _OpenAIView(APIView):
     parser_classes = [JSONParser]
     content_negotiation_class = StreamFriendlyNegotiation
 
-    def get_exception_handler(self):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
         return openai_exception_handler
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import connection
 from django.db.models import Count, QuerySet
@@ -34,7 +35,7 @@ def conversation_list_for_user(*, user: User, q: str = "", order: str = "-update
     return conversations.annotate(message_count=Count("messages")).order_by(field, "-id" if "-" in field else "id")
 
 
-def _pk_param(value: uuid.UUID):
+def _pk_param(value: uuid.UUID) -> Any:
     """A UUID as the database takes it in raw SQL (a hex string on SQLite, a uuid on PostgreSQL)."""
     return Message._meta.pk.get_db_prep_value(value, connection)
 
