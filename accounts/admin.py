@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -13,6 +13,9 @@ from django.http import HttpRequest, HttpResponse
 from accounts import selectors, services
 from accounts.models import APIKey, User
 from chatapi.admin_mixins import ReadOnlyInlineMixin
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 SHOWN_ONCE = "Copy it now: it will not be shown again."
 
@@ -46,11 +49,11 @@ class UserAdmin(DjangoUserAdmin):
         return obj.get_full_name()
 
     @admin.display(description="active keys", ordering="active_key_count")
-    def active_keys(self, obj: User) -> int:
+    def active_keys(self, obj: WithAnnotations[User, selectors.KeyCounts]) -> int:
         return obj.active_key_count
 
     @admin.display(description="tokens used", ordering="total_tokens")
-    def tokens_used(self, obj: User) -> int:
+    def tokens_used(self, obj: WithAnnotations[User, selectors.KeyCounts]) -> int:
         return obj.total_tokens
 
     def has_create_api_key_permission(self, request: HttpRequest) -> bool:
@@ -71,8 +74,9 @@ class APIKeyStatusFilter(admin.SimpleListFilter):
         return [("active", "Active"), ("revoked", "Revoked"), ("expired", "Expired")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> QuerySet[APIKey]:
-        if self.value() in {"active", "revoked", "expired"}:
-            return selectors.api_key_filter_by_status(keys=queryset, status=self.value())
+        status = self.value()
+        if status in {"active", "revoked", "expired"}:
+            return selectors.api_key_filter_by_status(keys=queryset, status=status)
         return queryset
 
 

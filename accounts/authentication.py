@@ -22,6 +22,13 @@ def api_key_from_header(header: str) -> str | None:
     return None
 
 
+class AuthenticatedRequest(Request):
+    """For annotations: the request of a view that requires a login (IsAuthenticated, the default), whose
+    user is therefore a User, never AnonymousUser."""
+
+    user: User
+
+
 class APIKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[User, APIKey] | None:
         raw_key = api_key_from_header(request.META.get("HTTP_AUTHORIZATION", ""))

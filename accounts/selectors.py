@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, TypedDict
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
@@ -10,6 +11,9 @@ from django.utils import timezone
 
 from accounts.models import KEY_PREFIX, APIKey, User
 from chatapi.ids import parse_uuid
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 # The largest value a BigAutoField id can hold; bigger digit strings can only be usernames.
 _MAX_USER_ID = 2**63 - 1
@@ -72,7 +76,12 @@ def api_key_get_by_id_or_prefix(*, ident: str) -> APIKey | None:
     return APIKey.objects.select_related("user").filter(lookup_id=lookup_id).first()
 
 
-def user_annotate_active_key_count(users: QuerySet[User]) -> QuerySet[User]:
+class KeyCounts(TypedDict):
+    active_key_count: int
+    total_tokens: int
+
+
+def user_annotate_active_key_count(users: QuerySet[User]) -> QuerySet[WithAnnotations[User, KeyCounts]]:
     """`users`, each with `active_key_count` (its keys neither revoked nor expired) and `total_tokens`
     (the usage of all its keys), in the same query."""
     return users.annotate(
@@ -81,7 +90,7 @@ def user_annotate_active_key_count(users: QuerySet[User]) -> QuerySet[User]:
     )
 
 
-def user_list_with_key_counts() -> QuerySet[User]:
+def user_list_with_key_counts() -> QuerySet[WithAnnotations[User, KeyCounts]]:
     return user_annotate_active_key_count(User.objects.all()).order_by("id")
 
 

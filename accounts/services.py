@@ -82,7 +82,7 @@ def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = 
         raise InvalidRequest(f"expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}.", param="expires_in_days")
     name = name.strip()
     max_name_length = APIKey._meta.get_field("name").max_length
-    if len(name) > max_name_length:
+    if max_name_length is not None and len(name) > max_name_length:
         raise InvalidRequest(f"name must be at most {max_name_length} characters.", param="name")
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     for _ in range(5):

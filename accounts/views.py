@@ -5,10 +5,10 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import selectors, services
+from accounts.authentication import AuthenticatedRequest
 from accounts.serializers import APIKeyCreatedOutput, APIKeyCreateInput, APIKeyOutput
 from chatapi.errors import NotFound
 from chatapi.ids import parse_uuid
@@ -19,7 +19,7 @@ class APIKeyViewSet(viewsets.ViewSet):
     """The caller's own API keys."""
 
     @extend_schema(operation_id="api_keys_list", responses={200: APIKeyOutput(many=True), **ERROR_RESPONSES})
-    def list(self, request: Request) -> Response:
+    def list(self, request: AuthenticatedRequest) -> Response:
         keys = selectors.api_key_list_for_user(user=request.user)
         return Response(APIKeyOutput(keys, many=True).data)
 
@@ -29,7 +29,7 @@ class APIKeyViewSet(viewsets.ViewSet):
         responses={201: APIKeyCreatedOutput, **ERROR_RESPONSES},
         description="Make a key. The response holds the full key; it is never shown again.",
     )
-    def create(self, request: Request) -> Response:
+    def create(self, request: AuthenticatedRequest) -> Response:
         serializer = APIKeyCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         api_key, raw_key = services.api_key_create(user=request.user, **serializer.validated_data)
@@ -42,7 +42,7 @@ class APIKeyViewSet(viewsets.ViewSet):
         responses={204: None, **ERROR_RESPONSES},
         description="Revoke a key: it stops working at once. It stays listed, with `revoked_at`.",
     )
-    def destroy(self, request: Request, key_id: str) -> Response:
+    def destroy(self, request: AuthenticatedRequest, key_id: str) -> Response:
         pk = parse_uuid(key_id)
         api_key = selectors.api_key_list_for_user(user=request.user).filter(pk=pk).first() if pk else None
         if api_key is None:

@@ -12,11 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
+from typing import cast
 
 
 def _response(status: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -31,7 +27,7 @@ class Backend(asyncio.Protocol):
     chunk_delay = 0.02
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's: it writes
         self.buffer = b""
         self.busy = False
 
@@ -134,7 +130,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if uvloop is not None:
+    with contextlib.suppress(ImportError):  # no uvloop on Windows (requirements.txt)
+        import uvloop
+
         uvloop.install()
     with contextlib.suppress(KeyboardInterrupt):  # the benchmark stops it with SIGINT
         asyncio.run(main())

@@ -107,12 +107,12 @@ def request_too_large_body() -> dict[str, Any]:
     )
 
 
-def _flatten_validation(detail: Any) -> dict[str, Any]:
+def _flatten_validation(detail: Any) -> dict[str, Any] | list[Any] | str:
     """DRF's nested ErrorDetail structure as plain strings, keyed by field."""
     if isinstance(detail, dict):
         return {key: _flatten_validation(value) for key, value in detail.items()}
     if isinstance(detail, list):
-        return [_flatten_validation(item) for item in detail]  # type: ignore[return-value]
+        return [_flatten_validation(item) for item in detail]
     return str(detail)
 
 
@@ -162,9 +162,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         return Response(body, status=400)
 
     if isinstance(exc, drf.ValidationError):
-        details = _flatten_validation(exc.detail)
-        if not isinstance(details, dict):
-            details = {"non_field_errors": details}
+        flat = _flatten_validation(exc.detail)
+        details = flat if isinstance(flat, dict) else {"non_field_errors": flat}
         param = next(iter(details), None)
         if param == "non_field_errors":
             param = None
@@ -180,8 +179,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             ("invalid_request_error" if exc.status_code < 500 else "server_error", exc.default_code),
         )
         headers: dict[str, str] = {}
-        if isinstance(exc, drf.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait) + 1)
+        # Throttled.wait is set in its __init__; djangorestframework-stubs leave it out.
+        if isinstance(exc, drf.Throttled) and exc.wait is not None:  # type: ignore[attr-defined]
+            headers["Retry-After"] = str(int(exc.wait) + 1)  # type: ignore[attr-defined]
         message = exc.detail if isinstance(exc.detail, str) else _first_message(exc.detail)
         if isinstance(exc, drf.ParseError):
             message = f"Malformed request body: {message}"

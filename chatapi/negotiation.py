@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
 
 
 class StreamFriendlyNegotiation(DefaultContentNegotiation):
     """`Accept: text/event-stream` (or `text/plain`) asks for a stream; whatever is not streamed,
     errors included, is answered with the first renderer (JSON)."""
 
-    def select_renderer(self, request, renderers, format_suffix=None):
+    # DRF passes the view's list of renderers; djangorestframework-stubs say any Iterable (hence the ignore).
+    def select_renderer(  # type: ignore[override]
+        self, request: Request, renderers: Sequence[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
         if (
             format_suffix is None
             and request.META.get("HTTP_ACCEPT", "*/*") == "*/*"

@@ -9,6 +9,7 @@ form. Either way the service would store something other than what the client me
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,7 +20,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import DataAndFiles, FormParser, MultiPartParser
 
 
-def _encoding(parser_context: dict[str, Any] | None) -> str:
+def _encoding(parser_context: Mapping[str, Any] | None) -> str:
     return (parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET
 
 
@@ -31,7 +32,7 @@ def _decoded(raw: bytes, encoding: str, what: str) -> str:
 
 
 class StrictFormParser(FormParser):
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         encoding = _encoding(parser_context)
         text = _decoded(stream.read() if stream is not None else b"", encoding, "form body")
         try:
@@ -46,7 +47,7 @@ class StrictFormParser(FormParser):
 
 class StrictMultiPartParser(MultiPartParser):
     def parse(
-        self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
     ) -> DataAndFiles:
         raw = stream.read() if stream is not None else b""
         boundary = parse_header_parameters(media_type or "")[1].get("boundary", "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -9,6 +11,9 @@ from django.utils.text import Truncator
 
 from chatapi.admin_mixins import ReadOnlyInlineMixin
 from conversations.models import Conversation, Message
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 
 class MessageInline(ReadOnlyInlineMixin, admin.TabularInline):
@@ -37,6 +42,10 @@ class MessageInline(ReadOnlyInlineMixin, admin.TabularInline):
         return str(obj.parent_id) if obj.parent_id else "-"
 
 
+class MessageCount(TypedDict):
+    message_count: int
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = ("title_or_id", "owner", "model", "message_count", "created_at", "updated_at")
@@ -54,7 +63,7 @@ class ConversationAdmin(admin.ModelAdmin):
         return str(obj)
 
     @admin.display(description="messages", ordering="message_count")
-    def message_count(self, obj: Conversation) -> int:
+    def message_count(self, obj: WithAnnotations[Conversation, MessageCount]) -> int:
         return obj.message_count
 
     # Conversations are made and changed through the API, whose services keep the tree's rules;

@@ -1,10 +1,12 @@
 """App config for conversations: message trees and the model backend."""
 
+from typing import Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 
-def _ensure_tree_integrity(sender, using, **kwargs):
+def _ensure_tree_integrity(sender: AppConfig, using: str, **kwargs: Any) -> None:
     from django.db import connections
 
     from conversations.integrity import sqlite_triggers_ensure

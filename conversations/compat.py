@@ -5,14 +5,17 @@ Their clients read `error` as a string, so errors here are `{"error": "<text>"}`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from adrf.views import APIView as AsyncAPIView
 from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
-from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.authentication import AuthenticatedRequest
 from chatapi.db import db_work
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import StrictCharField
@@ -64,7 +67,7 @@ COMPAT_ERRORS = {
 class AskView(AsyncAPIView):
     """`POST /api/ask`: one exchange, answered whole; threads are chained through `response_id`."""
 
-    def get_exception_handler(self):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
         return compat_exception_handler
 
     @extend_schema(
@@ -76,7 +79,7 @@ class AskView(AsyncAPIView):
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."
         ),
     )
-    async def post(self, request: Request) -> HttpResponseBase:
+    async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         job = await db_work(services.compat_ask_prepare)(owner=request.user, **serializer.validated_data)
@@ -98,7 +101,7 @@ class CompleteView(AsyncAPIView):
 
     content_negotiation_class = StreamFriendlyNegotiation
 
-    def get_exception_handler(self):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
         return compat_exception_handler
 
     @extend_schema(
@@ -111,7 +114,7 @@ class CompleteView(AsyncAPIView):
             "started is appended as a line `[error: …]`."
         ),
     )
-    async def post(self, request: Request) -> StreamingHttpResponse:
+    async def post(self, request: AuthenticatedRequest) -> StreamingHttpResponse:
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         content = serializer.validated_data["content"]

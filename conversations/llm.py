@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,7 +239,7 @@ def _echo_completion(messages: ChatMessages) -> Payload:
     }
 
 
-async def _echo_chunks(messages: ChatMessages) -> AsyncIterator[Payload]:
+async def _echo_chunks(messages: ChatMessages) -> AsyncGenerator[Payload, None]:
     completion = _echo_completion(messages)
     base = {
         "id": completion["id"],
@@ -343,14 +343,14 @@ async def complete(*, model: str, messages: ChatMessages, params: dict[str, Any]
 
 async def chat_completion_chunks(
     *, model: str, messages: ChatMessages, params: dict[str, Any] | None = None
-) -> AsyncIterator[Payload]:
+) -> AsyncGenerator[Payload, None]:
     """The backend's `chat.completion.chunk`s, as their JSON, as they arrive; the last carries usage if known.
 
     Closing the iterator early (client gone) closes the backend request, so generation stops there too.
     """
     if model == ECHO_MODEL:
-        async for chunk in _echo_chunks(messages):
-            yield chunk
+        async for echoed in _echo_chunks(messages):
+            yield echoed
         return
     body = {**_body(model, messages, params), "stream": True, "stream_options": {"include_usage": True}}
     try:
@@ -385,7 +385,7 @@ async def chat_completion_chunks(
 
 async def stream(
     *, model: str, messages: ChatMessages, params: dict[str, Any] | None = None
-) -> AsyncIterator[StreamChunk]:
+) -> AsyncGenerator[StreamChunk, None]:
     """The reply's text piece by piece; the last chunk says how it ended, with usage (estimated if need be)."""
     finish_reason: str | None = None
     usage: Usage | None = None

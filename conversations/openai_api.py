@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import AuthenticatedRequest
 from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
@@ -100,9 +101,9 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
     return response
 
 
-def _stream_failed(exc: ApplicationError) -> HttpResponseBase:
+def _stream_failed(failure: ApplicationError) -> HttpResponseBase:
     """The error response of a stream that failed before its first piece."""
-    exc = _as_openai_error(exc)
+    exc = _as_openai_error(failure)
     assert isinstance(exc, ApplicationError)
     error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
     return JsonResponse(_openai_body(error), status=exc.status_code, headers=exc.headers)
@@ -229,7 +230,7 @@ _record_usage = db_work(api_key_usage_record)
 
 async def stateless_chunks(
     *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], include_usage: bool, key_id: Any
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The backend's chunks forwarded as they come; only the key's usage is recorded."""
     usage: llm.Usage | None = None
     text: list[str] = []
@@ -274,7 +275,7 @@ async def stateless_chunks(
             )
 
 
-async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> AsyncIterator[bytes]:
+async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> AsyncGenerator[bytes, None]:
     """A stored reply's pieces as `chat.completion.chunk` events; stored when the stream ends."""
     base = {
         "id": f"chatcmpl-{job.reply_id.hex}",
@@ -313,7 +314,7 @@ def _internal_error(_chunks_sent: int) -> bytes:
     return _data({"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}})
 
 
-async def _event_stream(content: AsyncIterator[bytes], conversation_id: str | None = None) -> HttpResponseBase:
+async def _event_stream(content: AsyncGenerator[bytes, None], conversation_id: str | None = None) -> HttpResponseBase:
     response = await streaming.primed_stream(
         content, on_failure=_stream_failed, content_type="text/event-stream", on_error=_internal_error
     )
@@ -329,7 +330,7 @@ class _OpenAIView(APIView):
     parser_classes = [JSONParser]
     content_negotiation_class = StreamFriendlyNegotiation
 
-    def get_exception_handler(self):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
         return openai_exception_handler
 
 
@@ -411,7 +412,7 @@ class ChatCompletionsView(_OpenAIView, AsyncAPIView):
             "answers with the header `X-Conversation-Id`."
         ),
     )
-    async def post(self, request: Request) -> HttpResponseBase:
+    async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         model, messages, params, stream, include_usage = validate_request(request.data)
         key_id = api_key_id(request)
         conversation_id = request.headers.get("X-Conversation-Id", "").strip()
@@ -456,7 +457,8 @@ class ModelOutput(serializers.Serializer):
 
 class ModelListOutput(serializers.Serializer):
     object = serializers.CharField()
-    data = ModelOutput(many=True)
+    # A declared field: DRF's metaclass takes it off the class, so Serializer.data stays; the stubs don't know.
+    data = ModelOutput(many=True)  # type: ignore[assignment]
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import connection
 from django.db.models import Count, QuerySet
 from django.db.models.expressions import RawSQL
 
+from accounts.models import User
 from chatapi.errors import InvalidRequest, NotFound
 from chatapi.ids import parse_uuid
 from conversations.models import Conversation, Message
@@ -24,7 +26,7 @@ ORDERINGS = {
 }
 
 
-def conversation_list_for_user(*, user, q: str = "", order: str = "-update_time") -> QuerySet[Conversation]:
+def conversation_list_for_user(*, user: User, q: str = "", order: str = "-update_time") -> QuerySet[Conversation]:
     conversations = Conversation.objects.filter(owner=user)
     if q:
         conversations = conversations.filter(title__icontains=q)
@@ -32,12 +34,12 @@ def conversation_list_for_user(*, user, q: str = "", order: str = "-update_time"
     return conversations.annotate(message_count=Count("messages")).order_by(field, "-id" if "-" in field else "id")
 
 
-def _pk_param(value: uuid.UUID):
+def _pk_param(value: uuid.UUID) -> Any:
     """A UUID as the database takes it in raw SQL (a hex string on SQLite, a uuid on PostgreSQL)."""
     return Message._meta.pk.get_db_prep_value(value, connection)
 
 
-def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
+def conversation_get_for_user(*, user: User, conversation_id: object) -> Conversation:
     """The user's conversation; anything else (another user's, unknown, not a UUID) is a 404."""
     pk = parse_uuid(conversation_id)
     conversation = Conversation.objects.filter(pk=pk, owner=user).first() if pk is not None else None
@@ -46,7 +48,7 @@ def conversation_get_for_user(*, user, conversation_id: object) -> Conversation:
     return conversation
 
 
-def conversation_of_message_for_user(*, user, message_id: object, param: str) -> Conversation:
+def conversation_of_message_for_user(*, user: User, message_id: object, param: str) -> Conversation:
     """The user's conversation holding the message `message_id` (sent in a body: anything else is a 400)."""
     pk = parse_uuid(message_id)
     conversation = Conversation.objects.filter(owner=user, messages__pk=pk).first() if pk else None
@@ -153,5 +155,5 @@ def conversation_message_count(*, conversation: Conversation) -> int:
     return Message.objects.filter(conversation=conversation).count()
 
 
-def conversation_latest_for_origin(*, user, origin: str) -> Conversation | None:
+def conversation_latest_for_origin(*, user: User, origin: str) -> Conversation | None:
     return Conversation.objects.filter(owner=user, origin=origin).order_by("-updated_at").first()

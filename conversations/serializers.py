@@ -196,7 +196,8 @@ class AskOutput(serializers.Serializer):
 
 class MappingNodeOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    parent = serializers.UUIDField(allow_null=True)
+    # A declared field: DRF's metaclass takes it off the class, so Field.parent stays; the stubs don't know.
+    parent = serializers.UUIDField(allow_null=True)  # type: ignore[assignment]
     children = serializers.ListField(child=serializers.UUIDField())
     message = MessageOutput()
 

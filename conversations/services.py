@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.models import User
 from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import BackendError, InvalidRequest, NotFound
@@ -57,7 +58,9 @@ def _conversation_insert(**fields: Any) -> Conversation:
     return Conversation.objects.create(**fields)
 
 
-def conversation_create(*, owner, title: str = "", model: str | None = None, system_prompt: str = "") -> Conversation:
+def conversation_create(
+    *, owner: User, title: str = "", model: str | None = None, system_prompt: str = ""
+) -> Conversation:
     stored_model = _stored_model(model)  # validates before anything is written
     return _conversation_insert(owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt)
 
@@ -93,7 +96,7 @@ def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 
 
-def conversation_delete_all(*, owner) -> int:
+def conversation_delete_all(*, owner: User) -> int:
     """Delete every conversation of `owner` (and only theirs); returns how many."""
     count = Conversation.objects.filter(owner=owner).count()
     Conversation.objects.filter(owner=owner).delete()
@@ -308,7 +311,7 @@ def conversation_ask_prepare(
 
 def conversation_start_prepare(
     *,
-    owner,
+    owner: User,
     prompt: str,
     title: str = "",
     model: str | None = None,
@@ -321,7 +324,7 @@ def conversation_start_prepare(
     return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
 
 
-def complete_prepare(*, owner, content: str) -> ReplyJob:
+def complete_prepare(*, owner: User, content: str) -> ReplyJob:
     """`/api/complete`: the prompt continues the caller's latest conversation made there (or a new one)."""
     _validate_prompt(content, param="content")
     conversation = conversation_latest_for_origin(user=owner, origin=Conversation.Origin.COMPLETE)
@@ -331,7 +334,7 @@ def complete_prepare(*, owner, content: str) -> ReplyJob:
 
 
 def compat_ask_prepare(
-    *, owner, content: str, conversation_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None
+    *, owner: User, content: str, conversation_id: uuid.UUID | None = None, parent_id: uuid.UUID | None = None
 ) -> ReplyJob:
     """`/api/ask`: ask in the given conversation (from `parent_id`, or its current node), in the conversation
     of `parent_id` when only that is given (the previous answer's `response_id`), or in a new one."""
@@ -359,7 +362,7 @@ def _message_text(message: dict[str, Any], index: int) -> str:
 
 def openai_turn_prepare(
     *,
-    owner,
+    owner: User,
     conversation_id: str,
     messages: list[dict[str, Any]],
     model: str,

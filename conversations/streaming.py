@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from itertools import count
@@ -43,7 +43,7 @@ class _End:
     error: BackendError | None = None
 
 
-async def _pieces(job: ReplyJob) -> AsyncIterator[llm.StreamChunk | _End]:
+async def _pieces(job: ReplyJob) -> AsyncGenerator[llm.StreamChunk | _End, None]:
     """The backend's pieces for `job` as they arrive (across rounds, with autocontinue), then an _End.
 
     Read in the task that sends them on: no task or queue in between, and a client that reads slowly
@@ -114,7 +114,7 @@ async def _store_reply(job: ReplyJob, **fields: Any) -> tuple[Message | None, Ap
         return None, CONCURRENT_CHANGE
 
 
-async def reply_stream(job: ReplyJob) -> AsyncIterator[Delta | Done | Failed]:
+async def reply_stream(job: ReplyJob) -> AsyncGenerator[Delta | Done | Failed, None]:
     """A reply as it is generated, stored when it ends; the formats below turn it into bytes.
 
     If the consumer stops early (the client went away), the backend request is cancelled and the
@@ -172,7 +172,7 @@ def _delta_frame(seq: int, reply_id: str, text: str) -> bytes:
     return f'id: {seq}\nevent: delta\ndata: {{"id":"{reply_id}","delta":{text_json}}}\n\n'.encode()
 
 
-async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncIterator[bytes]:
+async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncGenerator[bytes, None]:
     """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`."""
     seq = count(1)
     reply_id = str(job.reply_id)
@@ -190,7 +190,7 @@ async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) ->
                 yield _frame(next(seq), "error", {**body, "id": reply_id})
 
 
-async def reply_text(job: ReplyJob) -> AsyncIterator[bytes]:
+async def reply_text(job: ReplyJob) -> AsyncGenerator[bytes, None]:
     """The reply as plain text, as it is generated (`/api/complete`); a failure ends it with `[error: …]`."""
     async with aclosing(reply_stream(job)) as events:
         async for event in events:
@@ -204,7 +204,7 @@ async def reply_text(job: ReplyJob) -> AsyncIterator[bytes]:
 OnError = Callable[[int], bytes]
 
 
-async def _guarded(content: AsyncIterator[bytes], on_error: OnError) -> AsyncIterator[bytes]:
+async def _guarded(content: AsyncGenerator[bytes, None], on_error: OnError) -> AsyncGenerator[bytes, None]:
     """`content`, but a bug inside it ends the stream with `on_error(pieces sent)` (and a log entry),
     not a cut connection."""
     sent = 0
@@ -219,7 +219,7 @@ async def _guarded(content: AsyncIterator[bytes], on_error: OnError) -> AsyncIte
 
 
 def stream_response(
-    content: AsyncIterator[bytes], *, content_type: str, on_error: OnError, ping: bool = False
+    content: AsyncGenerator[bytes, None], *, content_type: str, on_error: OnError, ping: bool = False
 ) -> StreamingHttpResponse:
     """A response that sends `content` as it is produced, with nothing between it and the client buffering
     (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS."""
@@ -229,10 +229,10 @@ def stream_response(
     return StreamingHttpResponse(content, content_type=content_type, headers=NO_BUFFERING)
 
 
-async def _with_pings(content: AsyncIterator[bytes], ping: bytes, seconds: float) -> AsyncIterator[bytes]:
+async def _with_pings(content: AsyncGenerator[bytes, None], ping: bytes, seconds: float) -> AsyncGenerator[bytes, None]:
     """`content`, with `ping` sent whenever it gave nothing for `seconds`. The wait for its next piece goes
     on across pings (it is a task of its own, never cancelled by the timeout)."""
-    async with aclosing(content):  # type: ignore[type-var]
+    async with aclosing(content):
         while True:
             step = asyncio.ensure_future(anext(content))
             try:
@@ -262,7 +262,7 @@ _INTERNAL_ERROR = _InternalError("Internal server error.")
 
 
 async def primed_stream(
-    content: AsyncIterator[bytes],
+    content: AsyncGenerator[bytes, None],
     *,
     on_failure: Callable[[ApplicationError], HttpResponseBase],
     content_type: str,
@@ -277,18 +277,18 @@ async def primed_stream(
     except StopAsyncIteration:
         first = b""
     except ApplicationError as exc:
-        await content.aclose()  # type: ignore[attr-defined]
+        await content.aclose()
         return on_failure(exc)
     except Exception:
         logger.exception("A streamed response failed before its first piece")
-        await content.aclose()  # type: ignore[attr-defined]
+        await content.aclose()
         return on_failure(_INTERNAL_ERROR)
     return StreamingHttpResponse(
         _guarded(_then(first, content), on_error), content_type=content_type, headers=NO_BUFFERING
     )
 
 
-async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _then(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     async with aclosing(rest):
         yield first
         async for part in rest:

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import AuthenticatedRequest
 from accounts.models import APIKey
 from chatapi.db import db_work
 from chatapi.negotiation import StreamFriendlyNegotiation
@@ -86,7 +87,7 @@ def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
     return ConversationOutput(conversation, context={"messages": messages, "children": children}).data
 
 
-def _conversation(request: Request, conversation_id: str) -> Conversation:
+def _conversation(request: AuthenticatedRequest, conversation_id: str) -> Conversation:
     return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
 
 
@@ -95,7 +96,7 @@ class ConversationViewSet(viewsets.ViewSet):
 
     content_negotiation_class = StreamFriendlyNegotiation
 
-    def _conversation(self, request: Request, conversation_id: str) -> Conversation:
+    def _conversation(self, request: AuthenticatedRequest, conversation_id: str) -> Conversation:
         return _conversation(request, conversation_id)
 
     @extend_schema(
@@ -104,7 +105,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={200: ConversationOutput(many=True), **ERROR_RESPONSES},
         description="The caller's conversations, newest first. `X-Total-Count` and `Link` headers paginate.",
     )
-    def list(self, request: Request) -> Response:
+    def list(self, request: AuthenticatedRequest) -> Response:
         query = _validated(ConversationListQuery, request.query_params)
         conversations = selectors.conversation_list_for_user(user=request.user, q=query["q"], order=query["order"])
         total = conversations.count()
@@ -130,7 +131,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={201: ConversationOutput, **ERROR_RESPONSES},
         description="An empty conversation (no prompt); ask in it with `/conversations/{id}/ask`.",
     )
-    def create(self, request: Request) -> Response:
+    def create(self, request: AuthenticatedRequest) -> Response:
         data = _validated(ConversationCreateInput, request.data)
         conversation = services.conversation_create(owner=request.user, **data)
         return Response(_conversation_detail(conversation), status=status.HTTP_201_CREATED)
@@ -140,7 +141,7 @@ class ConversationViewSet(viewsets.ViewSet):
         parameters=[CONVERSATION_ID],
         responses={200: ConversationOutput, **ERROR_RESPONSES},
     )
-    def retrieve(self, request: Request, conversation_id: str) -> Response:
+    def retrieve(self, request: AuthenticatedRequest, conversation_id: str) -> Response:
         return Response(_conversation_detail(self._conversation(request, conversation_id)))
 
     @extend_schema(
@@ -150,7 +151,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={200: ConversationOutput, **ERROR_RESPONSES},
         description="Rename, change the system prompt or model, or switch branch with `current_node`.",
     )
-    def partial_update(self, request: Request, conversation_id: str) -> Response:
+    def partial_update(self, request: AuthenticatedRequest, conversation_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         data = _validated(ConversationUpdateInput, request.data)
         services.conversation_update(conversation=conversation, **data)
@@ -161,7 +162,7 @@ class ConversationViewSet(viewsets.ViewSet):
         parameters=[CONVERSATION_ID],
         responses={204: None, **ERROR_RESPONSES},
     )
-    def destroy(self, request: Request, conversation_id: str) -> Response:
+    def destroy(self, request: AuthenticatedRequest, conversation_id: str) -> Response:
         services.conversation_delete(conversation=self._conversation(request, conversation_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -170,7 +171,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={204: None, **ERROR_RESPONSES},
         description="Delete all of the caller's conversations (and only theirs).",
     )
-    def destroy_all(self, request: Request) -> Response:
+    def destroy_all(self, request: AuthenticatedRequest) -> Response:
         services.conversation_delete_all(owner=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -180,7 +181,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={200: MessageOutput(many=True), **ERROR_RESPONSES},
         description="The branch root→current_node (or root→`leaf`), or with `all=true` every message oldest first.",
     )
-    def messages(self, request: Request, conversation_id: str) -> Response:
+    def messages(self, request: AuthenticatedRequest, conversation_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         query = _validated(MessageListQuery, request.query_params)
         if query["all"]:
@@ -200,7 +201,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={204: None, **ERROR_RESPONSES},
         description="Delete a message and its whole subtree.",
     )
-    def destroy_message(self, request: Request, conversation_id: str, message_id: str) -> Response:
+    def destroy_message(self, request: AuthenticatedRequest, conversation_id: str, message_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
         services.message_delete(conversation=conversation, message=message)
@@ -213,7 +214,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={201: ConversationOutput, **ERROR_RESPONSES},
         description="A new conversation holding a copy of the path root→`message_id` (default: current_node).",
     )
-    def fork(self, request: Request, conversation_id: str) -> Response:
+    def fork(self, request: AuthenticatedRequest, conversation_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         data = _validated(ForkInput, request.data)
         fork = services.conversation_fork(conversation=conversation, **data)
@@ -235,7 +236,7 @@ class ReplyViewSet(AsyncViewSet):
             "`response.request_id` is the stored user message."
         ),
     )
-    async def new(self, request: Request) -> HttpResponseBase:
+    async def new(self, request: AuthenticatedRequest) -> HttpResponseBase:
         data = _validated(ConversationNewInput, request.data)
         return await _reply(self, data, services.conversation_start_prepare, owner=request.user)
 
@@ -250,7 +251,7 @@ class ReplyViewSet(AsyncViewSet):
             "`error.details.message_id`."
         ),
     )
-    async def ask(self, request: Request, conversation_id: str) -> HttpResponseBase:
+    async def ask(self, request: AuthenticatedRequest, conversation_id: str) -> HttpResponseBase:
         data = _validated(AskInput, request.data)
 
         def prepare(**fields: Any) -> services.ReplyJob:
@@ -266,7 +267,9 @@ class ReplyViewSet(AsyncViewSet):
         responses={201: AskOutput, **ERROR_RESPONSES},
         description="A new reply: a sibling of an assistant message, or a new child of a user message.",
     )
-    async def regenerate(self, request: Request, conversation_id: str, message_id: str) -> HttpResponseBase:
+    async def regenerate(
+        self, request: AuthenticatedRequest, conversation_id: str, message_id: str
+    ) -> HttpResponseBase:
         data = _validated(RegenerateInput, request.data)
 
         def prepare(**fields: Any) -> services.ReplyJob:

@@ -77,6 +77,7 @@ class FakeOpenAI:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an IPv4 address, bound above
         return f"http://{host}:{port}/v1"
 
     def reset(self) -> None:

@@ -131,4 +131,5 @@ def test_last_used_at_is_written_again_once_the_interval_has_passed(settings, us
     assert get_with(f"Bearer {api_key}").status_code == 200
 
     record.refresh_from_db()
+    assert record.last_used_at is not None
     assert record.last_used_at > long_ago + dt.timedelta(minutes=4)

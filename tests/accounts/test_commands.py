@@ -151,6 +151,7 @@ def test_create_api_key_with_expiry(user):
     run("create_api_key", "alice", "--expires-in-days", "7")
 
     key = APIKey.objects.get(user=user)
+    assert key.expires_at is not None
     assert before + dt.timedelta(days=7) <= key.expires_at <= timezone.now() + dt.timedelta(days=7)
 
 

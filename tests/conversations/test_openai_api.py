@@ -123,9 +123,11 @@ def test_error_classes_are_the_sdks_own(sdk, backend, live_url):
         bad_key.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.chat.completions.create(model="test-model", messages=[])
+    assert isinstance(bad.value.body, dict)
     assert bad.value.body["param"] == "messages"
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}], temperature=5)
+    assert isinstance(bad.value.body, dict)
     assert bad.value.body["param"] == "temperature"
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model="test-model", messages=[{"role": "wizard", "content": "x"}])
@@ -140,6 +142,7 @@ def test_error_classes_are_the_sdks_own(sdk, backend, live_url):
     with pytest.raises(openai.InternalServerError) as failed:
         sdk.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
     assert failed.value.status_code == 502
+    assert isinstance(failed.value.body, dict)
     assert set(failed.value.body) == {"message", "type", "param", "code"}
     backend.fail(400, times=1)
     with pytest.raises(openai.BadRequestError) as rejected:

@@ -57,7 +57,7 @@ def test_ask_costs_the_same_queries_at_depth_2_and_200(api, user, backend):
 def test_ask_with_parent_id_costs_the_same_queries_at_any_depth(api, user, backend):
     shallow, deep = thread(user, 2), thread(user, 200)
     api.get("/conversations")
-    shallow_parent = shallow.messages.order_by("created_at").first()
+    shallow_parent = shallow.messages.order_by("created_at")[0]
     deep_parent = deep.messages.order_by("created_at")[150]
 
     shallow_count = count_queries(

@@ -36,7 +36,7 @@ def test_new_streams_created_deltas_completed_and_stores_the_reply(http, backend
     assert [e.event for e in events[:1]] == ["created"]
     assert [e.event for e in events[-1:]] == ["completed"]
     assert {e.event for e in events[1:-1]} == {"delta"}
-    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    assert [e.id for e in events] == [str(n) for n in range(1, len(events) + 1)]
     created, completed = events[0].data, events[-1].data["response"]
     assert created["request"]["message"] == "Count for me"
     assert created["request"]["author"]["role"] == "user"
@@ -206,7 +206,7 @@ def test_a_bug_mid_stream_ends_it_with_an_error_event_next_in_the_sequence(http,
     assert [e.event for e in events[:2]] == ["created", "delta"]
     assert events[-1].event == "error"
     assert events[-1].data["error"]["code"] == "internal_error"
-    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    assert [e.id for e in events] == [str(n) for n in range(1, len(events) + 1)]
     # The reply itself was stored before the event that failed.
     assert Message.objects.get(role="assistant").content == "Reply 1 to: Count for me"
 
