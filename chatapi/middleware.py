@@ -1,18 +1,18 @@
 """Middleware for what reaches Django from the edge: a request that cannot be served, a body sent without
-Content-Length, a file to send."""
+Content-Length."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import IO
+from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
-from django.core.handlers.asgi import ASGIRequest
-from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from servestatic.middleware import ServeStaticMiddleware
+from servestatic.responders import MissingFileError
 
-from chatapi.errors import error_body, request_too_large_body
+from chatapi.errors import error_body, not_found_view, request_too_large_body
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
 
@@ -54,23 +54,6 @@ class RequestGuardMiddleware(_Middleware):
         return refusal(request)
 
 
-class AsyncFileMiddleware(_Middleware):
-    """Under ASGI, a file (a static asset, from WhiteNoise) is sent from an asynchronous iterator. Given the
-    file's own synchronous one, Django reads the whole file into memory in a thread before sending it, and
-    warns each time ("StreamingHttpResponse must consume synchronous iterators")."""
-
-    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-        if isinstance(response, FileResponse) and response.file_to_stream and isinstance(request, ASGIRequest):
-            response.streaming_content = _blocks(response.file_to_stream, response.block_size * 16)
-        return response
-
-
-async def _blocks(file: IO[bytes], size: int) -> AsyncIterator[bytes]:
-    # Read on the loop: the files served this way are the admin's and the API docs' assets, local and small.
-    while block := file.read(size):
-        yield block
-
-
 def refusal(request: HttpRequest) -> JsonResponse | None:
     """The answer to a request that goes no further, or None; reads a body that came without a length."""
     try:
@@ -87,3 +70,14 @@ def refusal(request: HttpRequest) -> JsonResponse | None:
         # DRF reads a request's body only when its Content-Length says there is one.
         request.META["CONTENT_LENGTH"] = str(len(body))
     return None
+
+
+class StaticFilesMiddleware(ServeStaticMiddleware):
+    """ServeStatic (WhiteNoise's async-capable fork), but in debug mode a missing file is the API's JSON 404
+    too: ServeStatic raises an error there, which Django shows as an HTML page."""
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            return await super().__call__(request)
+        except MissingFileError:
+            return not_found_view(request)

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "servestatic",  # its configuration checks (the middleware serves the static files)
     "drf_spectacular_sidecar",  # Swagger UI's and ReDoc's assets, served by the service itself
     "accounts",
     "conversations",
@@ -42,9 +43,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "chatapi.middleware.RequestGuardMiddleware",
-    "chatapi.middleware.AsyncFileMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Static files (the admin's, the API docs'). Every middleware here is async-capable, so a request makes
+    # no hop between threads and the event loop.
+    "chatapi.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -137,7 +139,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = DEBUG
+SERVESTATIC_USE_FINDERS = DEBUG
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
