@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import KEY_PREFIX, APIKey, User
@@ -96,23 +98,14 @@ def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = 
     return api_key, raw_key
 
 
-def api_key_usage_record(*, api_key_id: object, prompt_tokens: int, completion_tokens: int) -> None:
-    """Add one reply's token usage to a key's totals, in one UPDATE (no read, no race).
-
-    Raw SQL because it runs with every reply: resolving the ORM's F() expressions cost more CPU than
-    the rest of the query several times over."""
-    table = APIKey._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET request_count = request_count + 1, prompt_tokens = prompt_tokens + %s, "
-            "completion_tokens = completion_tokens + %s, total_tokens = total_tokens + %s WHERE id = %s",
-            [
-                prompt_tokens,
-                completion_tokens,
-                prompt_tokens + completion_tokens,
-                APIKey._meta.pk.get_db_prep_value(api_key_id, connection),
-            ],
-        )
+def api_key_usage_record(*, api_key_id: uuid.UUID, prompt_tokens: int, completion_tokens: int) -> None:
+    """Add one reply's token usage to a key's totals, in one UPDATE (no read, no race)."""
+    APIKey.objects.filter(pk=api_key_id).update(
+        request_count=F("request_count") + 1,
+        prompt_tokens=F("prompt_tokens") + prompt_tokens,
+        completion_tokens=F("completion_tokens") + completion_tokens,
+        total_tokens=F("total_tokens") + prompt_tokens + completion_tokens,
+    )
 
 
 def api_key_revoke(*, api_key: APIKey) -> APIKey:

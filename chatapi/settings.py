@@ -193,6 +193,15 @@ if CHATAPI_DEFAULT_MODEL not in CHATAPI_MODELS:
 CHATAPI_BACKEND_TIMEOUT = env_float("CHATAPI_BACKEND_TIMEOUT", 60.0)
 CHATAPI_BACKEND_MAX_RETRIES = env_int("CHATAPI_BACKEND_MAX_RETRIES", 2, minimum=0)
 CHATAPI_AUTOCONTINUE_MAX_ROUNDS = env_int("CHATAPI_AUTOCONTINUE_MAX_ROUNDS", 3, minimum=1)
+# A reply being generated is kept alive by its worker; past this many seconds without word from it (the
+# worker died), a surviving worker, or the next to start, marks it interrupted with the text it had.
+CHATAPI_GENERATION_LEASE_SECONDS = env_int("CHATAPI_GENERATION_LEASE_SECONDS", 30, minimum=2)
+# A client that goes away does not stop its reply, unless this is true (saves tokens: the old behaviour).
+CHATAPI_STOP_ON_DISCONNECT = env_bool("CHATAPI_STOP_ON_DISCONNECT", False)
+# A generation's event log (conversations.events) is kept this many seconds after its last event, so that
+# a client that lost its stream can still resume it; in Redis, a stream keeps at most about this many events.
+CHATAPI_GENERATION_LOG_TTL = env_int("CHATAPI_GENERATION_LOG_TTL", 600, minimum=1)
+CHATAPI_GENERATION_LOG_MAXLEN = env_int("CHATAPI_GENERATION_LOG_MAXLEN", 10_000, minimum=1)
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)
 # A key's `last_used_at` is written at most this often (seconds), not on every request.

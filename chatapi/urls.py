@@ -54,6 +54,8 @@ urlpatterns = [
         replies({"post": "regenerate"}),
         "message-regenerate",
     ),
+    api_route(rf"conversations/{CONV}/messages/{MSG}/stream", replies({"get": "stream"}), "message-stream"),
+    api_route(rf"conversations/{CONV}/messages/{MSG}/cancel", replies({"post": "cancel"}), "message-cancel"),
     api_route(rf"conversations/{CONV}/messages/{MSG}", conversations({"delete": "destroy_message"}), "message-detail"),
     api_route(rf"conversations/{CONV}/fork", conversations({"post": "fork"}), "conversation-fork"),
     api_route("api/keys", keys({"get": "list", "post": "create"}), "api-key-list"),

@@ -15,8 +15,14 @@ from django.urls import get_resolver
 
 GC_THRESHOLDS = (20_000, 20, 100)  # Python's own: (700, 10, 10)
 
-# Coroutine functions run when the worker stops (closing what belongs to its event loop).
+# Coroutine functions run when the worker starts, and when it stops (closing what belongs to its event loop).
+_on_start: list[Callable[[], Awaitable[None]]] = []
 _on_stop: list[Callable[[], Awaitable[None]]] = []
+
+
+def on_worker_start(starter: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    _on_start.append(starter)
+    return starter
 
 
 def on_worker_stop(closer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
@@ -31,6 +37,8 @@ class _GC:
 async def worker_started() -> None:
     # The URLconf, and with it every view, is loaded now rather than by the first request.
     get_resolver().url_patterns  # noqa: B018
+    for starter in _on_start:
+        await starter()
     if _GC.before is None:
         _GC.before = gc.get_threshold()
         gc.freeze()

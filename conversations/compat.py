@@ -16,11 +16,10 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.authentication import AuthenticatedRequest
-from chatapi.db import db_work
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import StrictCharField
 from chatapi.negotiation import StreamFriendlyNegotiation
-from conversations import services, streaming
+from conversations import generations, services, streaming
 from conversations.views import api_key_id
 
 
@@ -82,9 +81,11 @@ class AskView(AsyncAPIView):
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        job = await db_work(services.compat_ask_prepare)(owner=request.user, **serializer.validated_data)
-        job.api_key_id = api_key_id(request)
-        reply = await services.reply_generate(job=job)
+        fields = serializer.validated_data
+        generation, _ = await generations.generation_begin(
+            lambda: services.compat_ask_prepare(owner=request.user, **fields), api_key_id=api_key_id(request)
+        )
+        reply = await generations.generation_outcome(generation)
         return Response(
             {
                 "id": str(reply.parent_id),
@@ -118,10 +119,13 @@ class CompleteView(AsyncAPIView):
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         content = serializer.validated_data["content"]
-        job = await db_work(services.complete_prepare)(owner=request.user, content=content)
-        job.api_key_id = api_key_id(request)
+        generation, reply = await generations.generation_begin(
+            lambda: services.complete_prepare(owner=request.user, content=content), api_key_id=api_key_id(request)
+        )
+        first, rest = await streaming.first_event(reply)
+        if first.name == "error":  # nothing generated: an ordinary error answer, with its status
+            await rest.aclose()
+            await generations.generation_outcome(generation)
         return streaming.stream_response(
-            streaming.reply_text(job),
-            content_type="text/plain; charset=utf-8",
-            on_error=lambda _sent: b"\n[error: Internal server error.]\n",
+            streaming.reply_text(first, rest, generation), content_type="text/plain; charset=utf-8"
         )

@@ -58,7 +58,15 @@ class Message(models.Model):
         STOP = "stop"
         LENGTH = "length"
         INTERRUPTED = "interrupted"
+        CANCELLED = "cancelled"
         ERROR = "error"
+
+    class Status(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        INTERRUPTED = "interrupted"  # the backend failed mid-way, or the worker died: partial text kept
+        FAILED = "failed"  # the backend failed before any text
+        CANCELLED = "cancelled"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
@@ -76,6 +84,20 @@ class Message(models.Model):
     finish_details = models.CharField(  # noqa: DJ001 (null for user and system messages, as in the contract)
         max_length=16, choices=Finish.choices, null=True, blank=True
     )
+    status = models.CharField(
+        max_length=16,
+        choices=Status.choices,
+        default=Status.COMPLETED,
+        help_text="A reply is in_progress while it is generated; user and system messages are completed.",
+    )
+    lease_expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="While in progress: the worker generating it renews this; past it, the reply is interrupted.",
+    )
+    last_event_id = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The id of the last event of its generation's stream (its end)."
+    )
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -83,7 +105,13 @@ class Message(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["conversation", "created_at"], name="msg_conv_created_idx")]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"], name="msg_conv_created_idx"),
+            # The replies in progress, for the sweep that finds those whose worker died.
+            models.Index(
+                fields=["lease_expires_at"], name="msg_in_progress_idx", condition=models.Q(status="in_progress")
+            ),
+        ]
         constraints = [
             # Target of the composite foreign keys (migration 0002) that keep every parent and every
             # current node inside its own conversation.

@@ -30,7 +30,7 @@ from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
-from conversations import llm, services, streaming
+from conversations import generations, llm, services, streaming
 from conversations.models import Message
 from conversations.views import api_key_id
 
@@ -275,8 +275,12 @@ async def stateless_chunks(
             )
 
 
-async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> AsyncGenerator[bytes, None]:
-    """A stored reply's pieces as `chat.completion.chunk` events; stored when the stream ends."""
+async def stateful_chunks(
+    generation: generations.Generation, reply: Message, *, include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    """A stored reply's generation as `chat.completion.chunk` events. A failure before any text is raised
+    instead (an ordinary error response: streaming.primed_stream); the turn is stored either way."""
+    job = generation.job
     base = {
         "id": f"chatcmpl-{job.reply_id.hex}",
         "object": "chat.completion.chunk",
@@ -284,29 +288,46 @@ async def stateful_chunks(job: services.ReplyJob, *, include_usage: bool) -> Asy
         "model": job.model,
     }
     started = False
-    async with aclosing(streaming.reply_stream(job)) as events:
-        async for event in events:
-            if not started:
-                if isinstance(event, streaming.Failed):
-                    # Nothing sent yet: an ordinary error response (streaming.primed_stream); the turn is stored.
-                    event.error.headers = {**event.error.headers, "X-Conversation-Id": str(job.conversation.pk)}
-                    raise event.error
-                started = True
-                role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                yield _data({**base, "choices": [role]})
-            if isinstance(event, streaming.Delta):
-                piece = {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
-                yield _data({**base, "choices": [piece]})
-            elif isinstance(event, streaming.Done):
-                reply = event.reply
-                finish = {"index": 0, "delta": {}, "finish_reason": reply.finish_details}
-                yield _data({**base, "model": reply.model, "choices": [finish]})
-                if include_usage:
-                    usage = llm.Usage(reply.prompt_tokens or 0, reply.completion_tokens or 0, reply.total_tokens or 0)
-                    yield _data({**base, "model": reply.model, "choices": [], "usage": _usage_dict(usage)})
-                yield DONE
-            elif isinstance(event, streaming.Failed):
-                yield _error_data(event.error)
+    try:
+        async with aclosing(generations.reply_events(reply, after=1)) as events:
+            async for event in events:
+                if event is None:
+                    continue
+                if not started:
+                    if event.name == "error":
+                        try:
+                            await generations.generation_outcome(generation)
+                        except ApplicationError as exc:
+                            exc.headers = {**exc.headers, "X-Conversation-Id": str(job.conversation.pk)}
+                            raise
+                    started = True
+                    role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    yield _data({**base, "choices": [role]})
+                if event.name == "delta":
+                    piece = {"index": 0, "delta": {"content": event.data["delta"]}, "finish_reason": None}
+                    yield _data({**base, "choices": [piece]})
+                elif event.name == "completed":
+                    stored = event.data["response"]
+                    finish = {"index": 0, "delta": {}, "finish_reason": stored["finish_details"]}
+                    yield _data({**base, "model": stored["model"], "choices": [finish]})
+                    if include_usage and stored["usage"] is not None:
+                        yield _data({**base, "model": stored["model"], "choices": [], "usage": stored["usage"]})
+                    yield DONE
+                elif event.name == "error":
+                    error = event.data["error"]
+                    yield _data(
+                        {
+                            "error": {
+                                "message": error["message"],
+                                "type": error["type"],
+                                "param": None,
+                                "code": error["code"],
+                            }
+                        }
+                    )
+    finally:
+        if settings.CHATAPI_STOP_ON_DISCONNECT:
+            generation.stop("interrupted")
 
 
 def _internal_error(_chunks_sent: int) -> bytes:
@@ -417,15 +438,17 @@ class ChatCompletionsView(_OpenAIView, AsyncAPIView):
         key_id = api_key_id(request)
         conversation_id = request.headers.get("X-Conversation-Id", "").strip()
         if conversation_id:
-            job = await db_work(services.openai_turn_prepare)(
-                owner=request.user, conversation_id=conversation_id, messages=messages, model=model, params=params
+            generation, reply = await generations.generation_begin(
+                lambda: services.openai_turn_prepare(
+                    owner=request.user, conversation_id=conversation_id, messages=messages, model=model, params=params
+                ),
+                api_key_id=key_id,
             )
-            job.api_key_id = key_id
-            cid = str(job.conversation.pk)
+            cid = str(generation.job.conversation.pk)
             if stream:
-                return await _event_stream(stateful_chunks(job, include_usage=include_usage), cid)
+                return await _event_stream(stateful_chunks(generation, reply, include_usage=include_usage), cid)
             try:
-                reply = await services.reply_generate(job=job)
+                reply = await generations.generation_outcome(generation)
             except ApplicationError as exc:
                 # The turn is stored: the client needs the conversation's id to retry in it.
                 exc.headers = {**exc.headers, "X-Conversation-Id": cid}

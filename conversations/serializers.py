@@ -117,6 +117,9 @@ class MessageOutput(serializers.Serializer):
     message = serializers.CharField(source="content")
     model = serializers.SerializerMethodField()
     finish_details = serializers.ChoiceField(choices=Message.Finish.choices, allow_null=True)
+    status = serializers.ChoiceField(
+        choices=Message.Status.choices, help_text="A reply is in_progress while it is generated (see generations)."
+    )
     end_turn = serializers.SerializerMethodField()
     recipient = serializers.SerializerMethodField()
     citations = serializers.SerializerMethodField()
@@ -133,6 +136,7 @@ class MessageOutput(serializers.Serializer):
             "message": message.content,
             "model": self.get_model(message),
             "finish_details": str(message.finish_details) if message.finish_details is not None else None,
+            "status": str(message.status),
             "end_turn": self.get_end_turn(message),
             "recipient": "all",
             "citations": [],

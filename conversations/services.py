@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import api_key_usage_record
-from chatapi.db import db_work
-from chatapi.errors import BackendError, InvalidRequest, NotFound
+from chatapi.errors import BackendError, Conflict, InvalidRequest, NotFound
 from conversations import llm
 from conversations.models import Conversation, Message
 from conversations.selectors import (
@@ -164,84 +163,125 @@ def _lock(conversation: Conversation) -> None:
     """Lock the conversation's row until the transaction ends, so that writes to one conversation take
     turns (PostgreSQL; SQLite's IMMEDIATE transactions already do), and refresh its current node.
     A conversation deleted meanwhile is a 404."""
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    with connection.cursor() as cursor:  # raw: on the path of every ask, twice
-        cursor.execute(
-            f"SELECT current_node_id FROM {Conversation._meta.db_table} WHERE id = %s{lock}",
-            [Conversation._meta.pk.get_db_prep_value(conversation.pk, connection)],
-        )
-        row = cursor.fetchone()
+    found = Conversation.objects.select_for_update().filter(pk=conversation.pk).values_list("current_node_id")
+    row = found.first()
     if row is None:
         raise NotFound("Conversation not found: it was deleted.", code="conversation_not_found")
-    conversation.current_node_id = Conversation._meta.get_field("current_node").to_python(row[0])
+    conversation.current_node_id = row[0]
 
 
-def reply_store(
-    *,
-    job: ReplyJob,
-    content: str,
-    model: str,
-    finish_details: str,
-    usage: llm.Usage | None,
-) -> Message:
-    """Store the assistant's reply and count its usage; `current_node` moves to it unless the backend
-    failed before any text. Usage the backend did not report is estimated."""
+def lease_deadline() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.CHATAPI_GENERATION_LEASE_SECONDS)
+
+
+def reply_begin(*, job: ReplyJob) -> Message:
+    """The reply, stored `in_progress` with no text before the backend is called; `current_node` moves to
+    it, so that a reload shows it being written."""
     now = timezone.now()
     conversation = job.conversation
-    if usage is None and finish_details != Message.Finish.ERROR:
-        usage = llm.estimate_usage(job.context, content)
     with transaction.atomic():
         _lock(conversation)
-        if usage is not None and job.api_key_id is not None:
-            api_key_usage_record(
-                api_key_id=job.api_key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
-            )
         reply = Message(
             id=job.reply_id,
             conversation=conversation,
             parent=job.request,
             role=Message.Role.ASSISTANT,
-            content=content,
-            model=model,
-            finish_details=finish_details,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            total_tokens=usage.total_tokens if usage else None,
+            model=job.model,
+            status=Message.Status.IN_PROGRESS,
+            lease_expires_at=lease_deadline(),
             created_at=now,
         )
         reply.save(force_insert=True)
-        fields = ["updated_at"]
+        conversation.current_node = reply
         conversation.updated_at = now
-        if finish_details != Message.Finish.ERROR:
-            conversation.current_node = reply
-            fields.append("current_node")
-        conversation.save(update_fields=fields)
+        conversation.save(update_fields=["current_node", "updated_at"])
     return reply
 
 
-# reply_store awaited from the event loop (chatapi.db): after a reply was generated there.
-reply_store_on_loop = db_work(reply_store)
+# How a generation ended, as the reply's status and finish_details.
+ENDINGS = {
+    "stop": (Message.Status.COMPLETED, Message.Finish.STOP),
+    "length": (Message.Status.COMPLETED, Message.Finish.LENGTH),
+    "interrupted": (Message.Status.INTERRUPTED, Message.Finish.INTERRUPTED),
+    "cancelled": (Message.Status.CANCELLED, Message.Finish.CANCELLED),
+    "failed": (Message.Status.FAILED, Message.Finish.ERROR),
+}
 
 
-async def reply_generate(*, job: ReplyJob) -> Message:
-    """Generate (non-streaming) and store the reply; on backend failure the prompt stays stored.
-
-    Awaited on the event loop: the wait for the backend holds no thread, the store takes one briefly.
-    """
-    try:
-        completion = await _generate(
-            model=job.model, context=job.context, autocontinue=job.autocontinue, params=job.params
+def reply_finish(
+    *,
+    job: ReplyJob,
+    content: str,
+    model: str,
+    ending: str,
+    usage: llm.Usage | None,
+    last_event_id: int | None,
+) -> Message:
+    """Store how the reply ended (`ending`: a key of ENDINGS) with its text, and count its usage. A reply
+    that failed before any text gives `current_node` back to the prompt. Usage the backend did not report
+    is estimated. A reply that is no longer in progress (its worker was taken for dead meanwhile) or that
+    was deleted is left as it is: Conflict (NotFound when the whole conversation was deleted)."""
+    status, finish = ENDINGS[ending]
+    if usage is None and status != Message.Status.FAILED:
+        usage = llm.estimate_usage(job.context, content)
+    now = timezone.now()
+    conversation = job.conversation
+    with transaction.atomic():
+        _lock(conversation)
+        stored = Message.objects.filter(pk=job.reply_id, status=Message.Status.IN_PROGRESS).update(
+            content=content,
+            model=model,
+            status=status,
+            finish_details=finish,
+            lease_expires_at=None,
+            last_event_id=last_event_id,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            total_tokens=usage.total_tokens if usage else None,
         )
-    except BackendError as exc:
-        job.backend_failed(exc)
-        raise
-    return await reply_store_on_loop(
-        job=job,
-        content=completion.content,
-        model=completion.model,
-        finish_details=completion.finish_reason,
-        usage=completion.usage,
-    )
+        if not stored:
+            raise Conflict(
+                "The reply was deleted, or ended elsewhere, while it was generated; it was not stored.",
+                code="concurrent_change",
+            )
+        if usage is not None and job.api_key_id is not None:
+            api_key_usage_record(
+                api_key_id=job.api_key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            )
+        fields = ["updated_at"]
+        conversation.updated_at = now
+        if status == Message.Status.FAILED and conversation.current_node_id == job.reply_id:
+            conversation.current_node_id = job.request.pk
+            fields.append("current_node")
+        conversation.save(update_fields=fields)
+    return Message.objects.get(pk=job.reply_id)
+
+
+def replies_keep(*, texts: dict[uuid.UUID, str | None]) -> None:
+    """Renew the lease of replies this worker is generating; with a text, store it too (the text so far,
+    so that a worker that dies loses little of it)."""
+    deadline = lease_deadline()
+    in_progress = Message.objects.filter(status=Message.Status.IN_PROGRESS)
+    in_progress.filter(pk__in=list(texts)).update(lease_expires_at=deadline)
+    for reply_id, text in texts.items():
+        if text is not None:
+            in_progress.filter(pk=reply_id).update(content=text)
+
+
+def reply_end_abandoned(*, reply_id: uuid.UUID, ending: str, content: str | None = None) -> bool:
+    """End a reply no worker is generating any more (its worker died, or never answered a cancel): with
+    the given text, else the text last stored. False when it was not in progress (any more)."""
+    status, finish = ENDINGS[ending]
+    fields: dict[str, Any] = {"status": status, "finish_details": finish, "lease_expires_at": None}
+    if content is not None:
+        fields["content"] = content
+    return bool(Message.objects.filter(pk=reply_id, status=Message.Status.IN_PROGRESS).update(**fields))
+
+
+def replies_expired() -> list[uuid.UUID]:
+    """Replies in progress whose lease ran out: their worker died."""
+    expired = Message.objects.filter(status=Message.Status.IN_PROGRESS, lease_expires_at__lt=timezone.now())
+    return list(expired.values_list("pk", flat=True))
 
 
 def _validate_prompt(prompt: str, *, param: str = "prompt") -> str:

@@ -1,32 +1,26 @@
-"""Streamed replies: server-sent events for the conversation API, plain text for /api/complete.
+"""Streamed answers: a generation's events as server-sent events (the conversation API) or plain text
+(/api/complete), with nothing between them and the client buffering.
 
-The prompt is already stored (a ReplyJob) before the first byte. The reply is read from the backend
-and forwarded piece by piece as it arrives, in the one task that sends the response; it is stored
-when the stream ends: complete, cut off by a backend failure, or interrupted because the client went
-away. Nothing here holds a thread while the stream is open.
+The generation runs on its own (conversations.generations); a stream is one reader of its event log,
+so a client that goes away stops nothing but its stream (unless CHATAPI_STOP_ON_DISCONNECT).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, replace
-from itertools import count
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError
 from django.http import HttpResponseBase, StreamingHttpResponse
 
-from chatapi.errors import CONCURRENT_CHANGE, ApplicationError, BackendError, error_body
-from conversations import llm
+from chatapi.errors import ApplicationError, error_body
+from conversations import generations
+from conversations.events import Event
 from conversations.models import Message
-from conversations.serializers import ReplyOutput
-from conversations.services import ReplyJob, reply_store_on_loop
 
 logger = logging.getLogger(__name__)
 
@@ -35,170 +29,86 @@ PING = b": ping\n\n"
 NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@dataclass
-class _End:
-    """The backend is done: `chunk` is the final StreamChunk, or `error` the backend failure."""
+def frame(event: Event) -> bytes:
+    if event.name == "delta":
+        # The event sent most, byte for byte as json.dumps would write it: only the text is encoded (the
+        # id is a UUID, which needs no escaping).
+        text = json.dumps(event.data["delta"], ensure_ascii=False)
+        return f'id: {event.seq}\nevent: delta\ndata: {{"id":"{event.data["id"]}","delta":{text}}}\n\n'.encode()
+    payload = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.name}\ndata: {payload}\n\n".encode()
 
-    chunk: llm.StreamChunk | None = None
-    error: BackendError | None = None
 
-
-async def _pieces(job: ReplyJob) -> AsyncGenerator[llm.StreamChunk | _End, None]:
-    """The backend's pieces for `job` as they arrive (across rounds, with autocontinue), then an _End.
-
-    Read in the task that sends them on: no task or queue in between, and a client that reads slowly
-    slows the backend down rather than filling memory.
-    """
-    context = job.context
-    text: list[str] = []
-    usage: llm.Usage | None = None
-    rounds = 0
+async def reply_sse(
+    reply: Message, *, after: int = 0, generation: generations.Generation | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The reply's events after `after` as server-sent events, live to its end; a `: ping` comment in every
+    silence of CHATAPI_SSE_PING_SECONDS. `generation`: the one this request started (stopped with its
+    stream when CHATAPI_STOP_ON_DISCONNECT)."""
+    last_sent = time.monotonic()
+    seq = after
     try:
-        while True:
-            rounds += 1
-            final: llm.StreamChunk | None = None
-            async with aclosing(llm.stream(model=job.model, messages=context, params=job.params)) as chunks:
-                async for chunk in chunks:
-                    if chunk.finish_reason is None:
-                        text.append(chunk.delta)
-                        yield chunk
-                    else:
-                        final = chunk
-            assert final is not None
-            usage = _add_usage(usage, final.usage) if rounds > 1 else final.usage
-            more = job.autocontinue and final.finish_reason == "length"
-            if not more or rounds >= settings.CHATAPI_AUTOCONTINUE_MAX_ROUNDS:
-                yield _End(chunk=replace(final, usage=usage))
-                return
-            # The partial reply goes back as the last assistant turn; the model carries on from it.
-            context = [*job.context, {"role": "assistant", "content": "".join(text)}]
-    except BackendError as exc:
-        yield _End(error=exc)
-
-
-def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
-    if a is None or b is None:
-        return None
-    return llm.Usage(
-        a.prompt_tokens + b.prompt_tokens, a.completion_tokens + b.completion_tokens, a.total_tokens + b.total_tokens
-    )
-
-
-@dataclass
-class Delta:
-    text: str
-
-
-@dataclass
-class Done:
-    """The reply is complete and stored."""
-
-    reply: Message
-
-
-@dataclass
-class Failed:
-    """The backend failed (what was generated is stored: `interrupted`, or `error` when nothing was),
-    or the reply could not be stored (the conversation was deleted or changed meanwhile: no `reply`)."""
-
-    error: ApplicationError
-    reply: Message | None
-
-
-async def _store_reply(job: ReplyJob, **fields: Any) -> tuple[Message | None, ApplicationError | None]:
-    try:
-        return await reply_store_on_loop(job=job, **fields), None
-    except ApplicationError as exc:
-        return None, exc
-    except IntegrityError:
-        return None, CONCURRENT_CHANGE
-
-
-async def reply_stream(job: ReplyJob) -> AsyncGenerator[Delta | Done | Failed, None]:
-    """A reply as it is generated, stored when it ends; the formats below turn it into bytes.
-
-    If the consumer stops early (the client went away), the backend request is cancelled and the
-    text generated so far is stored as `interrupted`.
-    """
-    text: list[str] = []
-    stored = False
-    try:
-        async with aclosing(_pieces(job)) as pieces:
-            async for item in pieces:
-                if isinstance(item, llm.StreamChunk):
-                    text.append(item.delta)
-                    yield Delta(item.delta)
-                elif item.error is not None:
-                    finish = Message.Finish.INTERRUPTED if text else Message.Finish.ERROR
-                    stored = True
-                    reply, _ = await _store_reply(
-                        job, content="".join(text), model=job.model, finish_details=finish, usage=None
-                    )
-                    yield Failed(job.backend_failed(item.error), reply)
-                else:
-                    final = item.chunk
-                    assert final is not None
-                    stored = True
-                    reply, error = await _store_reply(
-                        job,
-                        content="".join(text),
-                        model=final.model or job.model,
-                        finish_details=final.finish_reason,
-                        usage=final.usage,
-                    )
-                    yield Done(reply) if reply is not None else Failed(error or CONCURRENT_CHANGE, None)
+        async with aclosing(generations.reply_events(reply, after=after)) as events:
+            async for event in events:
+                if event is None:
+                    if time.monotonic() - last_sent >= settings.CHATAPI_SSE_PING_SECONDS:
+                        last_sent = time.monotonic()
+                        yield PING
+                    continue
+                seq = event.seq
+                last_sent = time.monotonic()
+                yield frame(event)
+    except Exception:  # a bug: the stream ends with an error event, next in the id sequence
+        logger.exception("The event stream of reply %s failed", reply.pk)
+        yield frame(
+            Event(seq + 1, "error", error_body("Internal server error.", type="server_error", code="internal_error"))
+        )
     finally:
-        if not stored and text:
-            reply, error = await _store_reply(
-                job,
-                content="".join(text),
-                model=job.model,
-                finish_details=Message.Finish.INTERRUPTED,
-                usage=None,
-            )
-            if error is not None:
-                logger.info("The interrupted reply of a stream could not be stored: %s", error.message)
+        if generation is not None and settings.CHATAPI_STOP_ON_DISCONNECT:
+            generation.stop("interrupted")  # a no-op once it ended
 
 
-def _frame(seq: int, event: str, data: dict[str, Any]) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {seq}\nevent: {event}\ndata: {payload}\n\n".encode()
-
-
-def _delta_frame(seq: int, reply_id: str, text: str) -> bytes:
-    """`_frame(seq, "delta", {"id": reply_id, "delta": text})`, the event sent most, byte for byte: only
-    the text is encoded as JSON (the id is a UUID, which needs no escaping)."""
-    text_json = json.dumps(text, ensure_ascii=False)
-    return f'id: {seq}\nevent: delta\ndata: {{"id":"{reply_id}","delta":{text_json}}}\n\n'.encode()
-
-
-async def reply_events(job: ReplyJob, *, request_data: dict[str, Any] | None) -> AsyncGenerator[bytes, None]:
-    """The conversation API's SSE events: `created`, `delta`…, then `completed` or `error`."""
-    seq = count(1)
-    reply_id = str(job.reply_id)
-    created = {"conversation_id": str(job.conversation.pk), "request": request_data, "response_id": reply_id}
-    yield _frame(next(seq), "created", created)
-    async with aclosing(reply_stream(job)) as events:
-        async for event in events:
-            if isinstance(event, Delta):
-                yield _delta_frame(next(seq), reply_id, event.text)
-            elif isinstance(event, Done):
-                yield _frame(next(seq), "completed", {"response": ReplyOutput(event.reply).data})
-            else:
-                exc = event.error
-                body = error_body(exc.message, type=exc.type, code=exc.code, details=exc.details)
-                yield _frame(next(seq), "error", {**body, "id": reply_id})
-
-
-async def reply_text(job: ReplyJob) -> AsyncGenerator[bytes, None]:
+async def reply_text(
+    first: Event, rest: AsyncGenerator[Event | None, None], generation: generations.Generation
+) -> AsyncGenerator[bytes, None]:
     """The reply as plain text, as it is generated (`/api/complete`); a failure ends it with `[error: …]`."""
-    async with aclosing(reply_stream(job)) as events:
-        async for event in events:
-            if isinstance(event, Delta):
-                yield event.text.encode()
-            elif isinstance(event, Failed):
-                yield f"\n[error: {event.error.message}]\n".encode()
+    try:
+        async with aclosing(rest):
+            event: Event | None = first
+            while True:
+                if event is not None:
+                    if event.name == "delta":
+                        yield event.data["delta"].encode()
+                    elif event.name == "error":
+                        yield f"\n[error: {event.data['error']['message']}]\n".encode()
+                        return
+                    elif event.name == "completed":
+                        return
+                try:
+                    event = await anext(rest)
+                except StopAsyncIteration:
+                    return
+    finally:
+        if settings.CHATAPI_STOP_ON_DISCONNECT:
+            generation.stop("interrupted")
 
+
+async def first_event(reply: Message) -> tuple[Event, AsyncGenerator[Event | None, None]]:
+    """The first event of a reply after `created` (its first text, or how it ended) and the rest: a stream
+    that must answer a failure before any text with an error status (OpenAI's SDKs, older clients) waits
+    for it before its status line goes out."""
+    events = generations.reply_events(reply, after=1)
+    async for event in events:
+        if event is not None:
+            return event, events
+    raise AssertionError("an event stream ends with its terminal event")
+
+
+def stream_response(content: AsyncGenerator[bytes, None], *, content_type: str) -> StreamingHttpResponse:
+    return StreamingHttpResponse(content, content_type=content_type, headers=NO_BUFFERING)
+
+
+# --- streams of bytes with no generation behind them (stateless /v1) ---------------------------
 
 # Makes the last piece of a stream that failed on a bug, from the number of pieces sent before it.
 OnError = Callable[[int], bytes]
@@ -218,40 +128,6 @@ async def _guarded(content: AsyncGenerator[bytes, None], on_error: OnError) -> A
             yield on_error(sent)
 
 
-def stream_response(
-    content: AsyncGenerator[bytes, None], *, content_type: str, on_error: OnError, ping: bool = False
-) -> StreamingHttpResponse:
-    """A response that sends `content` as it is produced, with nothing between it and the client buffering
-    (`on_error`: see _guarded); with `ping`, a `: ping` comment in every silence of CHATAPI_SSE_PING_SECONDS."""
-    content = _guarded(content, on_error)
-    if ping:
-        content = _with_pings(content, PING, settings.CHATAPI_SSE_PING_SECONDS)
-    return StreamingHttpResponse(content, content_type=content_type, headers=NO_BUFFERING)
-
-
-async def _with_pings(content: AsyncGenerator[bytes, None], ping: bytes, seconds: float) -> AsyncGenerator[bytes, None]:
-    """`content`, with `ping` sent whenever it gave nothing for `seconds`. The wait for its next piece goes
-    on across pings (it is a task of its own, never cancelled by the timeout)."""
-    async with aclosing(content):
-        while True:
-            step = asyncio.ensure_future(anext(content))
-            try:
-                while True:
-                    done, _ = await asyncio.wait((step,), timeout=seconds)
-                    if done:
-                        break
-                    yield ping
-            finally:
-                if not step.done():  # the client went away during a silence
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await step
-            try:
-                yield step.result()
-            except StopAsyncIteration:
-                return
-
-
 class _InternalError(ApplicationError):
     status_code = 500
     type = "server_error"
@@ -269,9 +145,8 @@ async def primed_stream(
     on_error: OnError,
 ) -> HttpResponseBase:
     """A stream whose first piece is awaited before the status line goes out, so that a failure before
-    anything was generated can still be an ordinary error response with its status: what OpenAI's SDKs
-    need to raise the right exception. `content` raises the ApplicationError instead of yielding its first
-    piece; `on_failure` makes the error response from it."""
+    anything was generated can still be an ordinary error response with its status. `content` raises the
+    ApplicationError instead of yielding its first piece; `on_failure` makes the error response from it."""
     try:
         first = await anext(content)
     except StopAsyncIteration:
@@ -295,7 +170,5 @@ async def _then(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerat
             yield part
 
 
-def internal_error_event(events_sent: int) -> bytes:
-    """The `error` event that ends a conversation stream broken by a bug: next in the `id` sequence."""
-    body = error_body("Internal server error.", type="server_error", code="internal_error")
-    return _frame(events_sent + 1, "error", body)
+def stream_data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"

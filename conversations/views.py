@@ -19,10 +19,11 @@ from rest_framework.views import APIView
 from accounts.authentication import AuthenticatedRequest
 from accounts.models import APIKey
 from chatapi.db import db_work
+from chatapi.errors import Conflict, InvalidRequest
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import ERROR_RESPONSES
-from conversations import selectors, services, streaming
-from conversations.models import Conversation
+from conversations import generations, selectors, services, streaming
+from conversations.models import Conversation, Message
 from conversations.serializers import (
     AskInput,
     AskOutput,
@@ -60,25 +61,34 @@ def _wants_stream(request: Request, data: dict[str, Any]) -> bool:
 async def _reply(
     view: APIView, data: dict[str, Any], prepare: Callable[..., services.ReplyJob], **kwargs: Any
 ) -> HttpResponseBase:
-    """Store the prompt, then answer with the reply as JSON (201) or as a stream of server-sent events."""
+    """Store the prompt and the reply in progress, start generating it, then answer with the reply as JSON
+    (201) once it is done, or at once with its events (server-sent events)."""
     request = view.request
     stream = _wants_stream(request, data)
-
-    def stored_prompt() -> tuple[services.ReplyJob, dict[str, Any] | None]:
-        job = prepare(**kwargs, **data)
-        return job, MessageOutput(job.request).data if job.request_is_new and stream else None
-
-    job, request_data = await db_work(stored_prompt)()
-    job.api_key_id = api_key_id(request)
+    generation, reply = await generations.generation_begin(
+        lambda: prepare(**kwargs, **data), api_key_id=api_key_id(request)
+    )
     if not stream:
-        reply = await services.reply_generate(job=job)
+        reply = await generations.generation_outcome(generation)
         return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
     return streaming.stream_response(
-        streaming.reply_events(job, request_data=request_data),
-        content_type="text/event-stream",
-        on_error=streaming.internal_error_event,
-        ping=True,
+        streaming.reply_sse(reply, generation=generation), content_type="text/event-stream"
     )
+
+
+def _after(request: Request, reply: Message) -> int:
+    """Where a resumed stream starts: after the event `Last-Event-ID` (or `?after=`) names; 0 from the start."""
+    raw = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0"
+    param = "Last-Event-ID" if request.headers.get("Last-Event-ID") else "after"
+    try:
+        after = int(raw.strip())
+    except ValueError:
+        after = -1
+    running = generations.running(reply.pk)
+    last = running.last_seq if running is not None else reply.last_event_id
+    if after < 0 or (last is not None and after > last and reply.status != Message.Status.IN_PROGRESS):
+        raise InvalidRequest(f"{param} {raw!r} is not an event id of this reply.", code="invalid_event_id", param=param)
+    return after
 
 
 def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
@@ -89,6 +99,21 @@ def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
 
 def _conversation(request: AuthenticatedRequest, conversation_id: str) -> Conversation:
     return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+
+
+def _reply_of(request: AuthenticatedRequest, conversation_id: str, message_id: str) -> Message:
+    """The caller's assistant message (another user's, or unknown, is a 404)."""
+    conversation = _conversation(request, conversation_id)
+    message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
+    if message.role != Message.Role.ASSISTANT:
+        raise InvalidRequest("Only a reply (an assistant message) has a generation.", code="not_a_reply")
+    return message
+
+
+def _message_with_children(message: Message) -> dict[str, Any]:
+    message.refresh_from_db()
+    children = selectors.message_children_map(messages=[message])
+    return MessageOutput(message, context={"children": children}).data
 
 
 class ConversationViewSet(viewsets.ViewSet):
@@ -278,3 +303,42 @@ class ReplyViewSet(AsyncViewSet):
             return services.message_regenerate_prepare(conversation=conversation, message=message, **fields)
 
         return await _reply(self, data, prepare)
+
+    @extend_schema(
+        operation_id="conversations_message_stream",
+        parameters=[
+            CONVERSATION_ID,
+            MESSAGE_ID,
+            OpenApiParameter("after", OpenApiTypes.INT, description="Send the events after this id."),
+            OpenApiParameter(
+                "Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, description="As `after` (it wins)."
+            ),
+        ],
+        responses={(200, "text/event-stream"): OpenApiTypes.STR, **ERROR_RESPONSES},
+        description=(
+            "A reply's events (`created`, `delta`…, then `completed` or `error`) as server-sent events: after "
+            "`Last-Event-ID` (or `after`), then live to its end, from any worker. On a finished reply, what is "
+            "left, ending with `completed` or `error`."
+        ),
+    )
+    async def stream(self, request: AuthenticatedRequest, conversation_id: str, message_id: str) -> HttpResponseBase:
+        reply = await db_work(_reply_of)(request, conversation_id, message_id)
+        after = _after(request, reply)
+        return streaming.stream_response(streaming.reply_sse(reply, after=after), content_type="text/event-stream")
+
+    @extend_schema(
+        operation_id="conversations_message_cancel",
+        parameters=[CONVERSATION_ID, MESSAGE_ID],
+        request=None,
+        responses={200: MessageOutput, 409: ERROR_RESPONSES[404], **ERROR_RESPONSES},
+        description=(
+            "Stop a reply being generated, from any worker: its text so far is kept, `status: cancelled`. "
+            "`409` (`not_in_progress`) for a reply that is not in progress."
+        ),
+    )
+    async def cancel(self, request: AuthenticatedRequest, conversation_id: str, message_id: str) -> Response:
+        reply = await db_work(_reply_of)(request, conversation_id, message_id)
+        if reply.status != Message.Status.IN_PROGRESS:
+            raise Conflict(f"The reply is not in progress (it is {reply.status}).", code="not_in_progress")
+        await generations.generation_cancel(reply)
+        return Response(await db_work(_message_with_children)(reply))

@@ -39,8 +39,10 @@ def test_backend_http_errors_map_to_the_contract_and_keep_the_prompt(api, backen
     assert kept.role == "user"
     assert str(kept.parent_id) == first["id"]
     assert error["details"]["conversation_id"] == cid
-    # current_node only moves when a reply is stored.
-    assert api.get(f"/conversations/{cid}").json()["current_node"] == first["id"]
+    # The failed reply (no text) is kept, and gives current_node back to the prompt, to regenerate it.
+    failed = Message.objects.get(parent=kept)
+    assert (failed.role, failed.status, failed.finish_details, failed.content) == ("assistant", "failed", "error", "")
+    assert api.get(f"/conversations/{cid}").json()["current_node"] == str(kept.pk)
 
 
 def test_backend_429_passes_retry_after_on(api, backend):
@@ -118,12 +120,14 @@ def test_no_backend_configured_for_a_model_is_503(api, settings):
     assert_backend_error(response, 503, "backend_not_configured")
 
 
-def test_regenerate_failure_keeps_everything_and_moves_nothing(api, backend):
+def test_regenerate_failure_keeps_everything_and_gives_current_node_to_the_prompt(api, backend):
     first = start(api)
     cid = first["conversation_id"]
     backend.fail(500)
     response = api.post(f"/conversations/{cid}/messages/{first['id']}/regenerate", format="json")
     error = assert_backend_error(response, 502)
     assert error["details"]["message_id"] == first["request_id"]
-    assert Message.objects.filter(conversation_id=cid).count() == 2
-    assert api.get(f"/conversations/{cid}").json()["current_node"] == first["id"]
+    messages = Message.objects.filter(conversation_id=cid)
+    assert sorted(m.status for m in messages) == ["completed", "completed", "failed"]
+    assert Message.objects.get(pk=first["id"]).content == first["message"]
+    assert api.get(f"/conversations/{cid}").json()["current_node"] == first["request_id"]

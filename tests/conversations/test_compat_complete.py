@@ -58,8 +58,19 @@ def test_complete_errors_are_strings(complete, live_url):
     assert isinstance(unauthenticated.json()["error"], str)
 
 
-def test_complete_backend_failure_is_reported_in_the_text_and_the_prompt_kept(complete, backend):
+def test_complete_backend_failure_before_any_text_is_an_error_status_and_the_prompt_kept(complete, backend):
     backend.fail(500)
     response = complete({"content": "hello?"})
-    assert "[error: The model backend answered with HTTP 500.]" in response.text
+    assert response.status_code == 502
+    assert response.json() == {"error": "The model backend answered with HTTP 500."}
     assert Message.objects.filter(role="user", content="hello?").exists()
+
+
+def test_complete_backend_failure_after_some_text_ends_the_text_with_the_error(complete, backend):
+    backend.reply_with("one two three four five six seven eight")
+    backend.cut_streams_after(3)
+    response = complete({"content": "count"})
+    assert response.status_code == 200
+    assert response.text.startswith("one two")
+    assert response.text.endswith("[error: The model backend's stream was cut off before it ended.]\n")
+    assert Message.objects.get(role="assistant").status == "interrupted"

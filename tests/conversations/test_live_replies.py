@@ -58,7 +58,7 @@ def test_a_reply_answers_with_the_middleware_headers_and_its_own_length(http, ba
     assert response.json()["response"]["message"] == "Reply 1 to: Hello"
 
 
-def test_a_backend_failure_after_the_view_returned_keeps_the_prompt(http, backend):
+def test_a_backend_failure_keeps_the_prompt_and_the_failed_reply(http, backend):
     backend.fail(500)
     response = http.post(f"{http.base_url}/conversations/new", json={"prompt": "Will this fail?"}, timeout=30)
     assert response.status_code == 502
@@ -66,7 +66,7 @@ def test_a_backend_failure_after_the_view_returned_keeps_the_prompt(http, backen
     assert error["type"] == "backend_error"
     stored = Message.objects.get(pk=error["details"]["message_id"])
     assert stored.content == "Will this fail?"
-    assert not Message.objects.filter(role="assistant").exists()
+    assert Message.objects.get(role="assistant").status == "failed"
 
 
 def test_openai_client_errors_keep_their_shape_on_the_loop(http, backend):

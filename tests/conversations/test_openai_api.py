@@ -329,7 +329,8 @@ def test_stateful_backend_failure_still_names_the_conversation(sdk, backend):
             extra_headers={"X-Conversation-Id": "new"},
         )
     conversation_id = failed.value.response.headers["x-conversation-id"]
-    assert Message.objects.get(conversation_id=conversation_id).content == "kept"
+    prompt, reply = Message.objects.filter(conversation_id=conversation_id).order_by("created_at")
+    assert (prompt.content, reply.status, reply.content) == ("kept", "failed", "")
 
 
 def test_model_ids_with_slashes(sdk, backend, settings):

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from conversations import streaming
+from conversations import generations
 from conversations.models import Conversation, Message
 from tests.live import Event, read_events
 
@@ -112,27 +112,52 @@ def test_first_delta_leaves_before_the_backend_finishes(http, backend):
     assert first_delta_at < 0.6, f"first delta after {first_delta_at:.2f}s of {total:.2f}s: buffered?"
 
 
-def test_client_disconnect_stores_the_partial_reply_as_interrupted_and_cancels_the_backend(http, backend):
-    backend.reply_with(WORDS)
-    backend.stream_slowly(0.1)
-    response = post_stream(http, "/conversations/new", {"prompt": "long story", "stream": True})
+def _read_deltas_then_hang_up(response, count: int) -> list[str]:
     received = []
     for event in read_events(response):
         if isinstance(event, Event) and event.event == "delta":
             received.append(event.data["delta"])
-            if len(received) == 3:
+            if len(received) == count:
                 break
     response.close()  # the client goes away
+    return received
 
-    deadline = time.monotonic() + 10
-    reply = None
+
+def _reply_when(condition, timeout: float = 10) -> Message | None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         reply = Message.objects.filter(role="assistant").first()
-        if reply is not None and backend.streams_cut_by_client:
-            break
+        if reply is not None and condition(reply):
+            return reply
         time.sleep(0.05)
+    return None
+
+
+def test_a_client_that_goes_away_does_not_stop_the_reply(http, backend):
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.02)
+    response = post_stream(http, "/conversations/new", {"prompt": "long story", "stream": True})
+    received = _read_deltas_then_hang_up(response, 3)
+
+    reply = _reply_when(lambda r: r.status != "in_progress")
+    assert reply is not None, "the reply was not finished"
+    assert (reply.status, reply.finish_details) == ("completed", "stop")
+    assert reply.content == WORDS
+    assert reply.content.startswith("".join(received))
+    assert backend.streams_cut_by_client == 0
+    assert Conversation.objects.get().current_node_id == reply.pk
+
+
+def test_with_stop_on_disconnect_a_client_that_goes_away_stops_the_backend(http, backend, settings):
+    settings.CHATAPI_STOP_ON_DISCONNECT = True
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.1)
+    response = post_stream(http, "/conversations/new", {"prompt": "long story", "stream": True})
+    received = _read_deltas_then_hang_up(response, 3)
+
+    reply = _reply_when(lambda r: r.status != "in_progress" and backend.streams_cut_by_client)
     assert reply is not None, "the partial reply was not stored"
-    assert reply.finish_details == "interrupted"
+    assert (reply.status, reply.finish_details) == ("interrupted", "interrupted")
     assert reply.content.startswith("".join(received))
     assert len(reply.content.split()) < 30
     assert backend.streams_cut_by_client == 1, "the backend request was not cancelled"
@@ -140,7 +165,8 @@ def test_client_disconnect_stores_the_partial_reply_as_interrupted_and_cancels_t
     assert Conversation.objects.get().current_node_id == reply.pk
 
 
-def test_client_gone_before_the_first_delta_cancels_the_backend_and_stores_no_reply(http, backend):
+def test_with_stop_on_disconnect_a_client_gone_before_the_first_delta_cancels_the_backend(http, backend, settings):
+    settings.CHATAPI_STOP_ON_DISCONNECT = True
     backend.reply_with(WORDS)
     backend.hold()  # the model has not answered yet
     response = post_stream(http, "/conversations/new", {"prompt": "never mind", "stream": True})
@@ -156,13 +182,10 @@ def test_client_gone_before_the_first_delta_cancels_the_backend_and_stores_no_re
     backend.stream_slowly(0.05)
     backend.release()
 
-    deadline = time.monotonic() + 10
-    while not backend.streams_cut_by_client and time.monotonic() < deadline:
-        time.sleep(0.05)
+    reply = _reply_when(lambda r: r.status != "in_progress" and backend.streams_cut_by_client)
+    assert reply is not None
     assert backend.streams_cut_by_client == 1, "the backend request was not cancelled"
-    time.sleep(0.3)  # time enough to store a reply, were one stored
-    assert list(Message.objects.values_list("role", "content")) == [("user", "never mind")]
-    assert Conversation.objects.get().current_node_id is None
+    assert (reply.content, reply.status) == ("", "interrupted")
 
 
 def test_backend_error_before_the_first_token_sends_an_error_event_and_keeps_the_prompt(http, backend):
@@ -176,8 +199,8 @@ def test_backend_error_before_the_first_token_sends_an_error_event_and_keeps_the
     prompt = Message.objects.get(role="user")
     assert prompt.content == "doomed"
     failed = Message.objects.get(role="assistant")
-    assert (failed.content, failed.finish_details) == ("", "error")
-    assert Conversation.objects.get().current_node_id is None  # no reply was stored
+    assert (failed.content, failed.finish_details, failed.status) == ("", "error", "failed")
+    assert Conversation.objects.get().current_node_id == prompt.pk  # given back to the prompt
 
 
 def test_backend_failing_mid_stream_sends_an_error_event_and_keeps_the_partial_text(http, backend):
@@ -201,7 +224,7 @@ def test_a_bug_mid_stream_ends_it_with_an_error_event_next_in_the_sequence(http,
     def broken(reply):
         raise RuntimeError("a bug while writing the completed event")
 
-    monkeypatch.setattr(streaming, "ReplyOutput", broken)
+    monkeypatch.setattr(generations, "ReplyOutput", broken)
     events = events_of(post_stream(http, "/conversations/new", {"prompt": "Count for me", "stream": True}))
     assert [e.event for e in events[:2]] == ["created", "delta"]
     assert events[-1].event == "error"

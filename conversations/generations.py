@@ -1,0 +1,448 @@
+"""Generations: a reply generated as a task of its own, not as part of the HTTP request that asked for it.
+
+A generation starts from a stored prompt and a reply stored `in_progress` (services.reply_begin). It
+runs as an asyncio task of the worker that started it, reads the backend's stream, and publishes
+`created`, `delta`… and a last `completed` or `error` event to its event log (conversations.events:
+Redis Streams with REDIS_URL, in the process without). Whoever streams the reply, the request that
+started it or any later one through any worker, is a reader of that log. When it ends, however it
+ends, the reply is stored with its text and status.
+
+Every worker renews the lease of the replies it generates (and, without Redis, stores their text so
+far); a reply whose lease ran out belongs to a worker that died: any surviving worker, or the next to
+start, ends it `interrupted` with the text it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+import weakref
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from asgiref.sync import ThreadSensitiveContext
+from django.conf import settings
+
+from chatapi.db import db_work
+from chatapi.errors import ApplicationError, BackendError, Conflict, NotFound, error_body
+from chatapi.worker import on_worker_start, on_worker_stop
+from conversations import llm, services
+from conversations.events import TERMINAL, Event, LogMissing, LogUnavailable, event_log
+from conversations.models import Message
+from conversations.serializers import MessageOutput, ReplyOutput
+from conversations.services import ReplyJob
+
+logger = logging.getLogger(__name__)
+
+# How often a reader with nothing to read checks that the reply is still being generated somewhere.
+READER_CHECK_SECONDS = 1.0
+
+
+class InternalError(ApplicationError):
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class GenerationInterrupted(ApplicationError):
+    status_code = 503
+    type = "server_error"
+    code = "generation_interrupted"
+
+
+@dataclass(eq=False)
+class Generation:
+    job: ReplyJob
+    text: list[str] = field(default_factory=list)
+    # The stored reply when it ended (whatever its status), or the error a non-streamed answer gives.
+    outcome: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    stop_as: str | None = None  # "cancelled" or "interrupted" when stopped from outside
+    last_seq: int = 1  # the id of the last event published (`created` is 1)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def reply_id(self) -> str:
+        return str(self.job.reply_id)
+
+    def stop(self, ending: str) -> None:
+        """Stop generating (the backend request is closed); the text so far is stored as `ending`."""
+        if self.task is not None and not self.task.done():
+            self.stop_as = ending
+            self.task.cancel()
+
+
+# The generations this worker runs, by reply id.
+_running: dict[str, Generation] = {}
+
+
+def running(reply_id: object) -> Generation | None:
+    return _running.get(str(reply_id))
+
+
+async def generation_begin(
+    prepare: Callable[[], ReplyJob], *, api_key_id: uuid.UUID | None
+) -> tuple[Generation, Message]:
+    """Store the prompt (`prepare`, in the request's thread) and the reply in progress, and start generating
+    it: the generation, and the reply as stored in progress."""
+
+    def stored() -> tuple[ReplyJob, Message, dict[str, Any] | None]:
+        job = prepare()
+        reply = services.reply_begin(job=job)
+        return job, reply, MessageOutput(job.request).data if job.request_is_new else None
+
+    job, reply, request_data = await db_work(stored)()
+    job.api_key_id = api_key_id
+    return await generation_start(job, request_data=request_data), reply
+
+
+async def generation_start(job: ReplyJob, *, request_data: dict[str, Any] | None) -> Generation:
+    """Start generating `job`'s reply (already stored in progress); its `created` event is in its log when
+    this returns, so a reader can follow it at once."""
+    generation = Generation(job)
+    log = event_log()
+    created = {"conversation_id": str(job.conversation.pk), "request": request_data, "response_id": generation.reply_id}
+    await log.publish(generation.reply_id, "created", created)
+    _running[generation.reply_id] = generation
+    # A task outside the request's thread context (which ends with the request): a context of its own,
+    # so that its database work runs in a thread of its own too.
+    generation.task = asyncio.get_running_loop().create_task(_run_in_own_context(generation))
+    _ensure_keeper()
+    return generation
+
+
+async def _run_in_own_context(generation: Generation) -> None:
+    try:
+        async with ThreadSensitiveContext():
+            await _run(generation)
+    finally:
+        _running.pop(generation.reply_id, None)
+
+
+async def _run(generation: Generation) -> None:
+    job = generation.job
+    log = event_log()
+    rid = generation.reply_id
+    ending = "stop"
+    usage: llm.Usage | None = None
+    model = job.model
+    failure: ApplicationError | None = None
+    try:
+        async with aclosing(_pieces(job)) as pieces:
+            async for item in pieces:
+                if isinstance(item, llm.StreamChunk):
+                    generation.text.append(item.delta)
+                    generation.last_seq = (await log.publish(rid, "delta", {"id": rid, "delta": item.delta})).seq
+                elif item.error is not None:
+                    failure = job.backend_failed(item.error)
+                    ending = "interrupted" if generation.text else "failed"
+                else:
+                    assert item.chunk is not None
+                    ending = item.chunk.finish_reason or "stop"
+                    usage, model = item.chunk.usage, item.chunk.model or job.model
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()  # the text so far is stored below, whoever stopped it
+        ending = generation.stop_as or "interrupted"
+        if ending == "interrupted":
+            failure = GenerationInterrupted(
+                "The worker generating this reply stopped; the text generated so far is kept.",
+                details={"message_id": str(job.request.pk), "conversation_id": str(job.conversation.pk)},
+            )
+    except Exception:  # a bug: the reply is still stored, and its readers told
+        logger.exception("Generation %s failed", rid)
+        ending = "interrupted" if generation.text else "failed"
+        failure = InternalError("Internal server error.")
+    await _finish(
+        generation, ending=ending, usage=usage, model=model, failure=failure, terminal_seq=generation.last_seq + 1
+    )
+
+
+async def _finish(
+    generation: Generation,
+    *,
+    ending: str,
+    usage: llm.Usage | None,
+    model: str,
+    failure: ApplicationError | None,
+    terminal_seq: int,
+) -> None:
+    """Store the reply as it ended, then publish its last event and settle its outcome."""
+    job = generation.job
+    rid = generation.reply_id
+    try:
+        reply = await db_work(services.reply_finish)(
+            job=job,
+            content="".join(generation.text),
+            model=model,
+            ending=ending,
+            usage=usage,
+            last_event_id=terminal_seq,
+        )
+    except (NotFound, Conflict) as exc:  # deleted meanwhile, or taken for dead and ended elsewhere
+        failure, reply = exc, None
+    except Exception:
+        logger.exception("The reply of generation %s could not be stored", rid)
+        failure, reply = InternalError("The reply could not be stored.", code="store_failed"), None
+    # The outcome is settled before the last event goes out: a reader that sees the event finds it.
+    if failure is not None:
+        generation.outcome.set_exception(failure)
+        generation.outcome.exception()  # retrieved: a streamed reply has no one awaiting its outcome
+        last: tuple[str, dict[str, Any]] = ("error", error_event(failure, rid))
+    else:
+        assert reply is not None
+        generation.outcome.set_result(reply)
+        try:
+            last = ("completed", {"response": ReplyOutput(reply).data})
+        except Exception:  # a bug: the reply is stored, and its readers are told something went wrong
+            logger.exception("The last event of generation %s could not be made", rid)
+            last = ("error", error_event(InternalError("Internal server error."), rid))
+    await event_log().publish(rid, *last)
+
+
+def error_event(exc: ApplicationError, reply_id: str) -> dict[str, Any]:
+    return {**error_body(exc.message, type=exc.type, code=exc.code, details=exc.details), "id": reply_id}
+
+
+@dataclass
+class _End:
+    """The backend is done: `chunk` is the final StreamChunk, or `error` the backend failure."""
+
+    chunk: llm.StreamChunk | None = None
+    error: BackendError | None = None
+
+
+async def _pieces(job: ReplyJob) -> AsyncGenerator[llm.StreamChunk | _End, None]:
+    """The backend's pieces for `job` as they arrive (across rounds, with autocontinue), then an _End."""
+    context = job.context
+    text: list[str] = []
+    usage: llm.Usage | None = None
+    rounds = 0
+    try:
+        while True:
+            rounds += 1
+            final: llm.StreamChunk | None = None
+            async with aclosing(llm.stream(model=job.model, messages=context, params=job.params)) as chunks:
+                async for chunk in chunks:
+                    if chunk.finish_reason is None:
+                        text.append(chunk.delta)
+                        yield chunk
+                    else:
+                        final = chunk
+            assert final is not None
+            usage = _add_usage(usage, final.usage) if rounds > 1 else final.usage
+            more = job.autocontinue and final.finish_reason == "length"
+            if not more or rounds >= settings.CHATAPI_AUTOCONTINUE_MAX_ROUNDS:
+                yield _End(chunk=replace(final, usage=usage))
+                return
+            # The partial reply goes back as the last assistant turn; the model carries on from it.
+            context = [*job.context, {"role": "assistant", "content": "".join(text)}]
+    except BackendError as exc:
+        if rounds > 1 and text:  # a later round failed: what the earlier ones made is a reply cut at its limit
+            yield _End(chunk=llm.StreamChunk(finish_reason="length", usage=usage, model=job.model))
+        else:
+            yield _End(error=exc)
+
+
+def _add_usage(a: llm.Usage | None, b: llm.Usage | None) -> llm.Usage | None:
+    if a is None or b is None:
+        return None
+    return llm.Usage(
+        a.prompt_tokens + b.prompt_tokens, a.completion_tokens + b.completion_tokens, a.total_tokens + b.total_tokens
+    )
+
+
+async def generation_outcome(generation: Generation) -> Message:
+    """The stored reply once the generation ends (its error, for a backend failure). A caller that is
+    cancelled (its client went away) leaves the generation running, unless CHATAPI_STOP_ON_DISCONNECT."""
+    try:
+        return await asyncio.shield(generation.outcome)
+    except asyncio.CancelledError:
+        if settings.CHATAPI_STOP_ON_DISCONNECT:
+            generation.stop("interrupted")
+        raise
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Event | None, None]:
+    """The events of `reply`'s generation after `after`, following it live to its end, from any worker;
+    None whenever nothing came for a while (the caller may send a keep-alive). A reply whose log is gone
+    (it ended long ago) gives its last event, from the database."""
+    rid = str(reply.pk)
+    log = event_log()
+    try:
+        async with aclosing(log.read(rid, after=after, heartbeat=READER_CHECK_SECONDS)) as events:
+            async for event in events:
+                if event is None and running(rid) is None:
+                    # Quiet, and not generated here: is it still being generated somewhere? Its worker may
+                    # have died (or, here, its task ended without its last event: a bug).
+                    current = await db_work(_reply_get)(reply.pk)
+                    if current is None or current.status != Message.Status.IN_PROGRESS:
+                        async for last in _from_database(current or reply, rid, after):
+                            yield last
+                        return
+                yield event
+                if event is not None and event.name in TERMINAL:
+                    return
+    except LogMissing:
+        current = await db_work(_reply_get)(reply.pk)
+        async for last in _from_database(current or reply, rid, after):
+            yield last
+    except LogUnavailable as exc:
+        logger.warning("The event log of reply %s cannot be read: %s", rid, exc)
+        error = ApplicationError(
+            "The reply's event stream is unavailable; it is still stored when it ends.", code="event_log_unavailable"
+        )
+        error.status_code, error.type = 503, "server_error"
+        yield Event(seq=after + 1, name="error", data=error_event(error, rid))
+
+
+def _reply_get(reply_id: uuid.UUID) -> Message | None:
+    return Message.objects.filter(pk=reply_id).first()
+
+
+async def _from_database(reply: Message, rid: str, after: int) -> AsyncGenerator[Event, None]:
+    """The last event of a reply whose log is gone, made from what is stored."""
+    if reply.status == Message.Status.IN_PROGRESS:
+        error = ApplicationError(
+            "This reply is being generated by another worker, whose events cannot be read here (set REDIS_URL "
+            "to follow a reply from any worker).",
+            code="generation_elsewhere",
+        )
+        error.status_code, error.type = 409, "conflict_error"
+        yield Event(seq=after + 1, name="error", data=error_event(error, rid))
+        return
+    seq = reply.last_event_id or after + 1
+    if seq <= after:
+        return
+    if reply.status in (Message.Status.COMPLETED, Message.Status.CANCELLED):
+        yield Event(seq=seq, name="completed", data={"response": ReplyOutput(reply).data})
+        return
+    if reply.status == Message.Status.FAILED:
+        message, code = "The model backend failed before any text.", "backend_error"
+    else:
+        message, code = "The reply was interrupted; the text generated so far is kept.", "generation_interrupted"
+    error = ApplicationError(message, code=code, details={"message_id": str(reply.parent_id)})
+    error.type = "backend_error" if code == "backend_error" else "server_error"
+    yield Event(seq=seq, name="error", data=error_event(error, rid))
+
+
+# --- cancelling ---------------------------------------------------------------------------------
+
+CANCEL_WAIT_SECONDS = 3.0
+
+
+async def generation_cancel(reply: Message) -> None:
+    """Stop a reply in progress from any worker; its text so far is stored as `cancelled`. Returns once
+    it is stored: by the worker generating it, or here, when that worker does not answer (it died)."""
+    rid = str(reply.pk)
+    local = running(rid)
+    if local is not None:
+        local.stop("cancelled")
+        with contextlib.suppress(Exception):
+            await asyncio.shield(local.outcome)
+        return
+    await event_log().request_cancel(rid)
+    try:
+        async with asyncio.timeout(CANCEL_WAIT_SECONDS):
+            async with aclosing(reply_events(reply, after=0)) as events:
+                async for event in events:
+                    if event is not None and event.name in TERMINAL:
+                        return
+    except TimeoutError:
+        pass
+    text = await _logged_text(rid)
+    await db_work(services.reply_end_abandoned)(reply_id=reply.pk, ending="cancelled", content=text)
+
+
+def _on_cancel(reply_id: str) -> None:
+    generation = running(reply_id)
+    if generation is not None:
+        generation.stop("cancelled")
+
+
+async def _logged_text(rid: str) -> str | None:
+    """The text of a generation as its log has it (for one whose worker is gone); None if there is no log."""
+    log = event_log()
+    text: list[str] = []
+    try:
+        async with aclosing(log.read(rid, after=0, heartbeat=0.05)) as events:
+            async for event in events:
+                if event is None or event.name in TERMINAL:
+                    break
+                if event.name == "delta":
+                    text.append(event.data.get("delta", ""))
+    except (LogMissing, LogUnavailable):
+        return None
+    return "".join(text)
+
+
+# --- the worker's keeper: leases, and replies whose worker died -----------------------------------
+
+_keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+def _ensure_keeper() -> None:
+    loop = asyncio.get_running_loop()
+    keeper = _keepers.get(loop)
+    if keeper is None or keeper.done():
+        event_log().on_cancel(_on_cancel)
+        _keepers[loop] = loop.create_task(_keep())
+
+
+@on_worker_start
+async def generations_started() -> None:
+    """At worker start: end the replies of workers that died, and keep doing so."""
+    await _reap()
+    _ensure_keeper()
+
+
+def _keep_interval() -> float:
+    lease = settings.CHATAPI_GENERATION_LEASE_SECONDS
+    # Without Redis the text so far is stored as the lease is renewed: often, so a dead worker loses little.
+    return lease / 3 if settings.REDIS_URL else min(2.0, lease / 3)
+
+
+async def _keep() -> None:
+    async with ThreadSensitiveContext():
+        while True:
+            await asyncio.sleep(_keep_interval())
+            try:
+                if _running:
+                    texts = {
+                        generation.job.reply_id: None if settings.REDIS_URL else "".join(generation.text)
+                        for generation in list(_running.values())
+                    }
+                    await db_work(services.replies_keep)(texts=texts)
+                await _reap()
+            except Exception:  # a database outage: try again at the next tick
+                logger.exception("Keeping the generations' leases failed")
+
+
+async def _reap() -> None:
+    for reply_id in await db_work(services.replies_expired)():
+        if running(reply_id) is not None:
+            continue  # ours, and alive (its lease renewal was late)
+        text = await _logged_text(str(reply_id))
+        if await db_work(services.reply_end_abandoned)(reply_id=reply_id, ending="interrupted", content=text):
+            logger.warning("Reply %s was interrupted: the worker generating it stopped answering.", reply_id)
+
+
+@on_worker_stop
+async def generations_stop() -> None:
+    """At worker stop: the replies still being generated are stored as interrupted, with their text."""
+    keeper = _keepers.pop(asyncio.get_running_loop(), None)
+    if keeper is not None:
+        keeper.cancel()
+    tasks = [generation.task for generation in list(_running.values()) if generation.task is not None]
+    for generation in list(_running.values()):
+        generation.stop("interrupted")
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await event_log().close()

@@ -1,0 +1,214 @@
+"""Generations across real worker processes: two uvicorn workers sharing PostgreSQL and Redis.
+
+A stream started on one worker is resumed and cancelled through the other; a worker killed with SIGKILL
+mid-reply leaves its reply interrupted with its text, ended by a surviving worker, and a reader of it
+through another worker is told so instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fake_openai import FakeOpenAI
+from tests.live import Event, read_events
+from tests.ops.test_serving import _serving
+
+ROOT = Path(__file__).resolve().parents[2]
+POSTGRES = os.environ.get("CHATAPI_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("CHATAPI_TEST_REDIS", "redis://127.0.0.1:6379/14")
+WORDS = " ".join(f"w{i}" for i in range(40))
+LEASE_SECONDS = 2
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        import psycopg
+
+        psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
+    except Exception as exc:
+        return f"PostgreSQL is not reachable at {POSTGRES}: {exc}"
+    return None
+
+
+def _redis_reachable() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        return f"Redis is not reachable at {REDIS}: {exc}"
+    return None
+
+
+_absent = _postgres_reachable() or _redis_reachable()
+pytestmark = pytest.mark.skipif(_absent is not None, reason=_absent or "")
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    key: str
+    urls: list[str]
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.key}"
+        return session
+
+
+@pytest.fixture(scope="module")
+def cluster(fake_openai_server: FakeOpenAI) -> Iterator[Cluster]:
+    import psycopg
+    import redis
+
+    name = f"chatapi_workers_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_", "REDIS_"))}
+    env.update(
+        {
+            "DATABASE_URL": f"{POSTGRES}/{name}",
+            "REDIS_URL": REDIS,
+            "DEBUG": "true",
+            "OPENAI_BASE_URL": fake_openai_server.url,
+            "OPENAI_API_KEY": "sk-test-not-a-real-key",
+            "CHATAPI_MODELS": ",".join(FakeOpenAI.models),
+            "CHATAPI_BACKEND_MAX_RETRIES": "0",
+            "CHATAPI_GENERATION_LEASE_SECONDS": str(LEASE_SECONDS),
+        }
+    )
+    try:
+
+        def manage(*args: str) -> str:
+            result = subprocess.run(
+                [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+            )
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        manage("migrate", "--noinput")
+        manage("create_user", "alice")
+        key = manage("create_api_key", "alice").strip()
+        with _serving(env) as (first, _), _serving(env) as (second, _):
+            yield Cluster(env=env, key=key, urls=[first, second])
+    finally:
+        redis.Redis.from_url(REDIS).flushdb()
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def backend(fake_openai_server: FakeOpenAI) -> FakeOpenAI:
+    fake_openai_server.reset()
+    return fake_openai_server
+
+
+def start_stream(session: requests.Session, url: str, prompt: str) -> requests.Response:
+    response = session.post(
+        f"{url}/conversations/new", json={"prompt": prompt, "stream": True}, stream=True, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def first_events(events: Iterator[Event | str], deltas: int) -> list[Event]:
+    """Events from `events` up to the `deltas`-th delta (the rest stay in it)."""
+    seen: list[Event] = []
+    for item in events:
+        if isinstance(item, Event):
+            seen.append(item)
+            if sum(e.event == "delta" for e in seen) == deltas:
+                return seen
+    raise AssertionError(f"the stream ended after {seen}")
+
+
+def reply_url(url: str, created: Event) -> str:
+    return f"{url}/conversations/{created.data['conversation_id']}/messages/{created.data['response_id']}"
+
+
+def stored_reply(session: requests.Session, url: str, created: Event) -> dict:
+    messages = session.get(f"{url}/conversations/{created.data['conversation_id']}/messages?all=true", timeout=10)
+    return next(m for m in messages.json() if m["id"] == created.data["response_id"])
+
+
+def test_a_stream_started_on_one_worker_is_resumed_through_the_other(cluster, backend):
+    first, second = cluster.urls
+    session = cluster.session()
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.03)
+    response = start_stream(session, first, "across workers")
+    seen = first_events(read_events(response), 4)
+    response.close()  # the client goes away; the reply goes on
+
+    resumed = session.get(
+        f"{reply_url(second, seen[0])}/stream", headers={"Last-Event-ID": seen[-1].id or ""}, stream=True, timeout=30
+    )
+    assert resumed.status_code == 200
+    rest = [e for e in read_events(resumed) if isinstance(e, Event)]
+
+    assert [int(str(e.id)) for e in seen + rest] == list(range(1, len(seen) + len(rest) + 1))
+    assert rest[-1].event == "completed"
+    text = "".join(e.data["delta"] for e in seen + rest if e.event == "delta")
+    assert text == WORDS == stored_reply(session, second, seen[0])["message"]
+
+
+def test_a_generation_on_one_worker_is_cancelled_through_the_other(cluster, backend):
+    first, second = cluster.urls
+    session = cluster.session()
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.1)
+    response = start_stream(session, first, "stop me")
+    events = read_events(response)
+    seen = first_events(events, 3)
+
+    cancelled = session.post(f"{reply_url(second, seen[0])}/cancel", timeout=30)
+
+    assert cancelled.status_code == 200, cancelled.text
+    body = cancelled.json()
+    assert body["status"] == "cancelled"
+    assert body["message"].startswith("".join(e.data["delta"] for e in seen if e.event == "delta"))
+    assert len(body["message"].split()) < 40
+    # The stream on the first worker ends too, with the cancelled reply.
+    rest = [e for e in events if isinstance(e, Event)]
+    assert rest[-1].event == "completed" and rest[-1].data["response"]["status"] == "cancelled"
+    deadline = time.monotonic() + 5
+    while not backend.streams_cut_by_client and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.streams_cut_by_client == 1, "the backend request was not closed"
+
+
+def test_a_worker_killed_mid_reply_leaves_it_interrupted_with_its_text(cluster, backend):
+    survivor = cluster.urls[0]
+    session = cluster.session()
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.2)
+    with _serving(cluster.env) as (doomed_url, doomed):
+        response = start_stream(session, doomed_url, "famous last words")
+        seen = first_events(read_events(response), 5)
+        # Someone follows the reply through the surviving worker.
+        follower = session.get(f"{reply_url(survivor, seen[0])}/stream", stream=True, timeout=30)
+        assert follower.status_code == 200
+        time.sleep(0.1)  # a worker sends its events to Redis every 20 ms: what it sent is what is kept
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+
+        followed = [e for e in read_events(follower) if isinstance(e, Event)]
+        reply = stored_reply(session, survivor, seen[0])
+
+    assert followed[-1].event == "error"
+    assert followed[-1].data["error"]["code"] == "generation_interrupted"
+    assert (reply["status"], reply["finish_details"]) == ("interrupted", "interrupted")
+    # With Redis, the text it had is kept: all the client saw before the last 20 ms (and what came after, if any).
+    received = "".join(e.data["delta"] for e in seen if e.event == "delta")
+    assert reply["message"].startswith(received)
