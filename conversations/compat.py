@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chatapi.errors import compat_exception_handler
-from chatapi.fields import StrictCharField
+from chatapi.fields import PromptField
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.responses import deferred_json
 from conversations import services, streaming
@@ -22,11 +22,11 @@ from conversations.views import api_key_id
 
 
 class CompleteInput(serializers.Serializer):
-    content = StrictCharField(allow_blank=True, help_text="The prompt.")
+    content = PromptField(help_text="The prompt.")
 
 
 class CompatAskInput(serializers.Serializer):
-    content = StrictCharField(allow_blank=True, help_text="The prompt.")
+    content = PromptField(help_text="The prompt.")
     conversation_id = serializers.UUIDField(
         required=False, allow_null=True, help_text="Continue this conversation; omit to start one."
     )

@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -333,28 +333,60 @@ class _OpenAIView(APIView):
         return openai_exception_handler
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+                },
+                "description": 'Content parts, e.g. `{"type": "text", "text": "…"}`.',
+            },
+        ],
+        "nullable": True,
+    }
+)
+class OpenAIContentField(serializers.JSONField):
+    """A message's `content`: text or an array of content parts; `null` only in an assistant message."""
+
+
+@extend_schema_field(
+    {
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
+        "nullable": True,
+    }
+)
+class OpenAIStopField(serializers.JSONField):
+    """`stop`: a string or up to 4 strings."""
+
+
+# What validate_request accepts, for the schema (the view validates by hand, with OpenAI's error messages).
+# Parameters that are null are dropped, as if they were not sent.
 class OpenAIMessage(serializers.Serializer):
     role = serializers.ChoiceField(choices=sorted(ROLES))
-    content = serializers.JSONField(help_text="A string, or an array of content parts.")
+    content = OpenAIContentField(help_text="A string, or an array of content parts (`null` only for `assistant`).")
 
 
 class ChatCompletionRequest(serializers.Serializer):
     model = serializers.CharField(
-        required=False, help_text='A model of GET /v1/models; omitted or "auto": the default.'
+        required=False, allow_null=True, help_text='A model of GET /v1/models; omitted or "auto": the default.'
     )
-    messages = OpenAIMessage(many=True)
+    messages = serializers.ListField(child=OpenAIMessage(), min_length=1)
     stream = serializers.BooleanField(required=False, default=False)
-    stream_options = serializers.DictField(required=False, help_text='`{"include_usage": true}`')
-    temperature = serializers.FloatField(required=False)
-    top_p = serializers.FloatField(required=False)
-    max_tokens = serializers.IntegerField(required=False)
-    max_completion_tokens = serializers.IntegerField(required=False)
-    stop = serializers.JSONField(required=False)
-    seed = serializers.IntegerField(required=False)
-    presence_penalty = serializers.FloatField(required=False)
-    frequency_penalty = serializers.FloatField(required=False)
-    user = serializers.CharField(required=False)
-    response_format = serializers.DictField(required=False)
+    stream_options = serializers.DictField(required=False, allow_null=True, help_text='`{"include_usage": true}`')
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    stop = OpenAIStopField(required=False)
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    user = serializers.CharField(required=False, allow_null=True)
+    response_format = serializers.DictField(required=False, allow_null=True)
 
 
 class ChatCompletionResponse(serializers.Serializer):
