@@ -38,3 +38,24 @@ ERROR_RESPONSES = {
     503: OpenApiResponse(ErrorOutput, description="No model backend reachable for that model."),
     504: OpenApiResponse(ErrorOutput, description="The model backend timed out."),
 }
+
+# Of the operations that store a reply: the conversation changed under it.
+CONFLICT = "Another request changed the conversation meanwhile (say, deleted the prompt): the reply was not stored."
+
+
+def event_stream(events: list[str], *, description: str, numbered: bool = False) -> OpenApiResponse:
+    """A `text/event-stream` answer (`numbered`: every event has an `id`). Its schema is that of one event as an
+    SSE parser reads it, which is how tools read an event stream's schema before OpenAPI 3.2's `itemSchema`."""
+    event = {
+        "type": "object",
+        "description": "One server-sent event (`: ping` comments are not events).",
+        "properties": {
+            "id": {"type": "string", "description": "The event's sequence number."},
+            "event": {"type": "string", "enum": events},
+            "data": {"type": "string", "description": "The event's data line."},
+        },
+        "required": ["id", "event", "data"] if numbered else ["event", "data"],
+    }
+    if not numbered:
+        del event["properties"]["id"]
+    return OpenApiResponse(event, description=description)

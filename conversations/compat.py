@@ -17,6 +17,7 @@ from chatapi.errors import compat_exception_handler
 from chatapi.fields import PromptField
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.responses import deferred_json
+from chatapi.schema import CONFLICT
 from conversations import services, streaming
 from conversations.views import api_key_id
 
@@ -70,7 +71,11 @@ class AskView(APIView):
     @extend_schema(
         operation_id="compat_ask",
         request=CompatAskInput,
-        responses={200: CompatAskOutput, **COMPAT_ERRORS},
+        responses={
+            200: CompatAskOutput,
+            **COMPAT_ERRORS,
+            409: OpenApiResponse(CompatErrorOutput, description=CONFLICT),
+        },
         description=(
             "Ask, answered as one JSON object. Without `conversation_id` a new conversation is started; "
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."

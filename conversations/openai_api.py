@@ -29,6 +29,7 @@ from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.responses import deferred_json
+from chatapi.schema import CONFLICT, event_stream
 from conversations import llm, services, streaming
 from conversations.models import Message
 from conversations.views import api_key_id
@@ -423,6 +424,14 @@ OPENAI_ERRORS = {
 }
 
 
+CHAT_COMPLETION_200 = (
+    "A `chat.completion` object; with `stream`, `text/event-stream`: `data:` lines of `chat.completion.chunk` "
+    'objects as the reply is generated, then `data: [DONE]`. With `stream_options: {"include_usage": true}` the '
+    "last chunk before `[DONE]` has `choices: []` and `usage`. A failure after the first chunk ends the stream "
+    "with a `data:` line holding an OpenAI error body; a failure before it is an ordinary error response."
+)
+
+
 class ChatCompletionsView(_OpenAIView):
     @extend_schema(
         operation_id="openai_chat_completions",
@@ -435,7 +444,13 @@ class ChatCompletionsView(_OpenAIView):
                 description="A conversation id, or `new`: store the turn and the reply in that conversation.",
             )
         ],
-        responses={200: ChatCompletionResponse, **OPENAI_ERRORS},
+        responses={
+            # One description for both: OpenAPI has one per status.
+            (200, "application/json"): OpenApiResponse(ChatCompletionResponse, description=CHAT_COMPLETION_200),
+            (200, "text/event-stream"): event_stream(["message"], description=CHAT_COMPLETION_200),
+            **OPENAI_ERRORS,
+            409: OpenApiResponse(OpenAIError, description=f"With X-Conversation-Id. {CONFLICT}"),
+        },
         description=(
             "OpenAI's Chat Completions. With `stream`, `chat.completion.chunk` events and `data: [DONE]`. "
             "With `X-Conversation-Id` (an id or `new`), `messages` holds only the new turn: the service "

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from accounts.models import APIKey
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.responses import deferred_json
-from chatapi.schema import ERROR_RESPONSES
+from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
 from conversations import selectors, services, streaming
 from conversations.models import Conversation
 from conversations.serializers import (
@@ -38,6 +38,27 @@ from conversations.serializers import (
 
 CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 MESSAGE_ID = OpenApiParameter("message_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+
+# The answers of new, ask and regenerate: the stored reply as JSON, or (with `"stream": true` or
+# `Accept: text/event-stream`) a stream of server-sent events.
+REPLY_RESPONSES = {
+    (201, "application/json"): OpenApiResponse(
+        AskOutput, description="The stored reply; `response.parent_id` is the id to continue the thread from."
+    ),
+    (200, "text/event-stream"): event_stream(
+        ["created", "delta", "completed", "error"],
+        numbered=True,
+        description=(
+            "With `stream` (or `Accept: text/event-stream`): the reply as server-sent events, each with `id:` (a "
+            "sequence number), `event:` and one `data:` line of JSON. `created`: `{conversation_id, request, "
+            "response_id}` (`request` is the stored prompt, `null` for a regenerate); `delta`: `{id, delta}`, a "
+            "piece of text; then `completed`: `{response}`, the stored reply as in the `201` body, or `error`: "
+            "`{error, id}` (the text generated so far is stored as `interrupted`). A `: ping` comment is sent "
+            "after a silence. Errors found before the stream starts are ordinary JSON errors."
+        ),
+    ),
+    409: OpenApiResponse(ErrorOutput, description=CONFLICT),
+}
 
 
 def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
@@ -133,7 +154,7 @@ class ConversationViewSet(viewsets.ViewSet):
     @extend_schema(
         operation_id="conversations_new",
         request=ConversationNewInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
+        responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description=(
             "Start a conversation with its first prompt. `response.parent_id` is the id to continue from; "
             "`response.request_id` is the stored user message."
@@ -186,7 +207,7 @@ class ConversationViewSet(viewsets.ViewSet):
         operation_id="conversations_ask",
         parameters=[CONVERSATION_ID],
         request=AskInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
+        responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description=(
             "Ask in a conversation. Without `parent_id` the prompt continues `current_node`; with an earlier "
             "message's id it starts a new branch. On a backend error the prompt stays stored and its id is in "
@@ -222,7 +243,7 @@ class ConversationViewSet(viewsets.ViewSet):
         operation_id="conversations_regenerate",
         parameters=[CONVERSATION_ID, MESSAGE_ID],
         request=RegenerateInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
+        responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description="A new reply: a sibling of an assistant message, or a new child of a user message.",
     )
     def regenerate(self, request: Request, conversation_id: str, message_id: str) -> Response:
