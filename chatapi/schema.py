@@ -59,3 +59,33 @@ def event_stream(events: list[str], *, description: str, numbered: bool = False)
     if not numbered:
         del event["properties"]["id"]
     return OpenApiResponse(event, description=description)
+
+
+# OpenAPI links: where the ids in a reply (`{"response": {"id", "conversation_id"}}`) go next. They document
+# the flow and let tools that follow links (the fuzzer's stateful phase) reach a reply's own operations.
+_REPLY = "$response.body#/response/"
+_REPLY_LINKS = {
+    "ask": ("conversations_ask", {"conversation_id": _REPLY + "conversation_id"}),
+    "messages": ("conversations_messages", {"conversation_id": _REPLY + "conversation_id"}),
+    "regenerate": (
+        "conversations_regenerate",
+        {"conversation_id": _REPLY + "conversation_id", "message_id": _REPLY + "id"},
+    ),
+    "delete_message": (
+        "conversations_message_destroy",
+        {"conversation_id": _REPLY + "conversation_id", "message_id": _REPLY + "id"},
+    ),
+    "fork": ("conversations_fork", {"conversation_id": _REPLY + "conversation_id"}),
+}
+
+
+def add_reply_links(result: dict, generator, request, public: bool) -> dict:
+    """drf-spectacular hook: links from the `201` of new, ask and regenerate to what continues a thread."""
+    for path in result["paths"].values():
+        for operation in path.values():
+            if operation.get("operationId") in ("conversations_new", "conversations_ask", "conversations_regenerate"):
+                operation["responses"]["201"]["links"] = {
+                    name: {"operationId": target, "parameters": parameters}
+                    for name, (target, parameters) in _REPLY_LINKS.items()
+                }
+    return result

@@ -158,6 +158,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "PREPROCESSING_HOOKS": ["chatapi.urls.schema_without_slash_duplicates"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "chatapi.schema.add_reply_links"],
 }
 
 # --- chatapi's own knobs -------------------------------------------------------------------

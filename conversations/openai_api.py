@@ -442,7 +442,14 @@ class ChatCompletionsView(_OpenAIView):
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
                 description="A conversation id, or `new`: store the turn and the reply in that conversation.",
-            )
+            ),
+            OpenApiParameter(
+                "X-Conversation-Id",
+                OpenApiTypes.UUID,
+                OpenApiParameter.HEADER,
+                response=True,
+                description="The conversation the turn was stored in (only when the request named one).",
+            ),
         ],
         responses={
             # One description for both: OpenAPI has one per status.

@@ -116,7 +116,24 @@ class ConversationViewSet(viewsets.ViewSet):
 
     @extend_schema(
         operation_id="conversations_list",
-        parameters=[ConversationListQuery],
+        parameters=[
+            ConversationListQuery,
+            OpenApiParameter(
+                "X-Total-Count",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                required=True,
+                response=[200],
+                description="How many conversations match, on every page.",
+            ),
+            OpenApiParameter(
+                "Link",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description='RFC 8288 links to the `rel="next"` and `rel="prev"` pages, when there are any.',
+            ),
+        ],
         responses={200: ConversationOutput(many=True), **ERROR_RESPONSES},
         description="The caller's conversations, newest first. `X-Total-Count` and `Link` headers paginate.",
     )

@@ -38,6 +38,14 @@ def test_replies_are_documented_as_json_or_as_an_event_stream(schema, path):
     assert event["properties"]["event"]["enum"] == ["created", "delta", "completed", "error"]
     assert set(event["required"]) == {"id", "event", "data"}
     assert "409" in schema["paths"][path]["post"]["responses"]  # the prompt deleted while the reply was generated
+    regenerate = schema["paths"][path]["post"]["responses"]["201"]["links"]["regenerate"]
+    assert regenerate == {
+        "operationId": "conversations_regenerate",
+        "parameters": {
+            "conversation_id": "$response.body#/response/conversation_id",
+            "message_id": "$response.body#/response/id",
+        },
+    }
     description = schema["paths"][path]["post"]["responses"]["200"]["description"]
     assert all(event in description for event in ("created", "delta", "completed", "error"))
 
@@ -141,3 +149,18 @@ def _event_name(block: str) -> str:
     """The name an SSE parser gives the event in `block` ("message" when it has no `event:` line)."""
     fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
     return fields.get("event", "message")
+
+
+def test_list_pagination_headers_are_documented(schema, api):
+    headers = schema["paths"]["/conversations"]["get"]["responses"]["200"]["headers"]
+    assert headers["X-Total-Count"] == {
+        "schema": {"type": "integer"},
+        "description": headers["X-Total-Count"]["description"],
+        "required": True,
+    }
+    assert "Link" in headers
+    for _ in range(2):
+        api.post("/conversations", {}, format="json")
+    response = api.get("/conversations?limit=1")
+    assert response["X-Total-Count"] == "2"
+    assert 'rel="next"' in response["Link"]
