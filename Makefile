@@ -1,4 +1,5 @@
-# `make run` serves chatapi on SQLite; `make test` runs the test suite. Both create .venv when needed.
+# `make run` serves chatapi on SQLite; `make test` runs the test suite; `make fuzz` fuzzes the live service
+# against its OpenAPI schema. All create .venv when needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ CHATAPI_HOST ?= 127.0.0.1
 CHATAPI_PORT ?= 8000
 CHATAPI_WORKERS ?= 1
 
-.PHONY: run test lint format migrate bench clean
+.PHONY: run test fuzz lint format migrate bench clean
 
 # A half-made .venv (no venv module, no network) is removed, so that the next run starts over.
 $(BIN)/python:
@@ -36,6 +37,10 @@ bench: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# schemathesis against the service on a fresh SQLite database (see .ci/fuzz); FUZZ_ARGS go to `schemathesis run`.
+fuzz: $(VENV)/.installed-dev
+	.ci/fuzz $(FUZZ_ARGS)
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -46,4 +51,4 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache .mypy_cache .hypothesis .schemathesis

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 
 class StrictCharField(serializers.CharField):
@@ -23,6 +24,21 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class PromptField(StrictCharField):
+    """A prompt: required text that is not blank. The schema says so (`minLength: 1`); a blank value (empty,
+    or only whitespace) passes the field and is refused by the service that takes the prompt, so that every
+    endpoint answers it with the same 400 (code `empty_prompt`, the field named)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_length", 1)
+        super().__init__(**kwargs)
+
+    def run_validation(self, data: Any = empty) -> Any:
+        if isinstance(data, str) and not data.strip():
+            return data
+        return super().run_validation(data)
 
 
 class StrictBooleanField(serializers.BooleanField):

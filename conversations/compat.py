@@ -17,18 +17,19 @@ from rest_framework.response import Response
 
 from accounts.authentication import AuthenticatedRequest
 from chatapi.errors import compat_exception_handler
-from chatapi.fields import StrictCharField
+from chatapi.fields import PromptField
 from chatapi.negotiation import StreamFriendlyNegotiation
+from chatapi.schema import CONFLICT
 from conversations import generations, services, streaming
 from conversations.views import api_key_id
 
 
 class CompleteInput(serializers.Serializer):
-    content = StrictCharField(allow_blank=True, help_text="The prompt.")
+    content = PromptField(help_text="The prompt.")
 
 
 class CompatAskInput(serializers.Serializer):
-    content = StrictCharField(allow_blank=True, help_text="The prompt.")
+    content = PromptField(help_text="The prompt.")
     conversation_id = serializers.UUIDField(
         required=False, allow_null=True, help_text="Continue this conversation; omit to start one."
     )
@@ -72,7 +73,11 @@ class AskView(AsyncAPIView):
     @extend_schema(
         operation_id="compat_ask",
         request=CompatAskInput,
-        responses={200: CompatAskOutput, **COMPAT_ERRORS},
+        responses={
+            200: CompatAskOutput,
+            **COMPAT_ERRORS,
+            409: OpenApiResponse(CompatErrorOutput, description=CONFLICT),
+        },
         description=(
             "Ask, answered as one JSON object. Without `conversation_id` a new conversation is started; "
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."

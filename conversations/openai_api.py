@@ -18,7 +18,7 @@ from adrf.views import APIView as AsyncAPIView
 from django.conf import settings
 from django.http import HttpResponseBase, JsonResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -30,6 +30,7 @@ from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
+from chatapi.schema import CONFLICT, event_stream
 from conversations import generations, llm, services, streaming
 from conversations.models import Message
 from conversations.views import api_key_id
@@ -355,28 +356,60 @@ class _OpenAIView(APIView):
         return openai_exception_handler
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+                },
+                "description": 'Content parts, e.g. `{"type": "text", "text": "…"}`.',
+            },
+        ],
+        "nullable": True,
+    }
+)
+class OpenAIContentField(serializers.JSONField):
+    """A message's `content`: text or an array of content parts; `null` only in an assistant message."""
+
+
+@extend_schema_field(
+    {
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
+        "nullable": True,
+    }
+)
+class OpenAIStopField(serializers.JSONField):
+    """`stop`: a string or up to 4 strings."""
+
+
+# What validate_request accepts, for the schema (the view validates by hand, with OpenAI's error messages).
+# Parameters that are null are dropped, as if they were not sent.
 class OpenAIMessage(serializers.Serializer):
     role = serializers.ChoiceField(choices=sorted(ROLES))
-    content = serializers.JSONField(help_text="A string, or an array of content parts.")
+    content = OpenAIContentField(help_text="A string, or an array of content parts (`null` only for `assistant`).")
 
 
 class ChatCompletionRequest(serializers.Serializer):
     model = serializers.CharField(
-        required=False, help_text='A model of GET /v1/models; omitted or "auto": the default.'
+        required=False, allow_null=True, help_text='A model of GET /v1/models; omitted or "auto": the default.'
     )
-    messages = OpenAIMessage(many=True)
+    messages = serializers.ListField(child=OpenAIMessage(), min_length=1)
     stream = serializers.BooleanField(required=False, default=False)
-    stream_options = serializers.DictField(required=False, help_text='`{"include_usage": true}`')
-    temperature = serializers.FloatField(required=False)
-    top_p = serializers.FloatField(required=False)
-    max_tokens = serializers.IntegerField(required=False)
-    max_completion_tokens = serializers.IntegerField(required=False)
-    stop = serializers.JSONField(required=False)
-    seed = serializers.IntegerField(required=False)
-    presence_penalty = serializers.FloatField(required=False)
-    frequency_penalty = serializers.FloatField(required=False)
-    user = serializers.CharField(required=False)
-    response_format = serializers.DictField(required=False)
+    stream_options = serializers.DictField(required=False, allow_null=True, help_text='`{"include_usage": true}`')
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    stop = OpenAIStopField(required=False)
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    user = serializers.CharField(required=False, allow_null=True)
+    response_format = serializers.DictField(required=False, allow_null=True)
 
 
 class ChatCompletionResponse(serializers.Serializer):
@@ -413,6 +446,14 @@ OPENAI_ERRORS = {
 }
 
 
+CHAT_COMPLETION_200 = (
+    "A `chat.completion` object; with `stream`, `text/event-stream`: `data:` lines of `chat.completion.chunk` "
+    'objects as the reply is generated, then `data: [DONE]`. With `stream_options: {"include_usage": true}` the '
+    "last chunk before `[DONE]` has `choices: []` and `usage`. A failure after the first chunk ends the stream "
+    "with a `data:` line holding an OpenAI error body; a failure before it is an ordinary error response."
+)
+
+
 class ChatCompletionsView(_OpenAIView, AsyncAPIView):
     @extend_schema(
         operation_id="openai_chat_completions",
@@ -423,9 +464,22 @@ class ChatCompletionsView(_OpenAIView, AsyncAPIView):
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
                 description="A conversation id, or `new`: store the turn and the reply in that conversation.",
-            )
+            ),
+            OpenApiParameter(
+                "X-Conversation-Id",
+                OpenApiTypes.UUID,
+                OpenApiParameter.HEADER,
+                response=True,
+                description="The conversation the turn was stored in (only when the request named one).",
+            ),
         ],
-        responses={200: ChatCompletionResponse, **OPENAI_ERRORS},
+        responses={
+            # One description for both: OpenAPI has one per status.
+            (200, "application/json"): OpenApiResponse(ChatCompletionResponse, description=CHAT_COMPLETION_200),
+            (200, "text/event-stream"): event_stream(["message"], description=CHAT_COMPLETION_200),
+            **OPENAI_ERRORS,
+            409: OpenApiResponse(OpenAIError, description=f"With X-Conversation-Id. {CONFLICT}"),
+        },
         description=(
             "OpenAI's Chat Completions. With `stream`, `chat.completion.chunk` events and `data: [DONE]`. "
             "With `X-Conversation-Id` (an id or `new`), `messages` holds only the new turn: the service "

@@ -10,7 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from chatapi.fields import StrictBooleanField, StrictCharField
+from chatapi.fields import PromptField, StrictBooleanField, StrictCharField
 from conversations.models import Conversation, Message
 from conversations.selectors import ORDERINGS
 
@@ -31,7 +31,7 @@ class _ReplyOptionsInput(_ModelChoiceInput):
 
 
 class ConversationNewInput(_ReplyOptionsInput):
-    prompt = StrictCharField(allow_blank=True, help_text="The user's first message.")
+    prompt = PromptField(help_text="The user's first message.")
     title = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
     system_prompt = StrictCharField(required=False, allow_blank=True, default="")
 
@@ -48,7 +48,7 @@ class ConversationUpdateInput(_ModelChoiceInput):
 
 
 class AskInput(_ReplyOptionsInput):
-    prompt = StrictCharField(allow_blank=True, help_text="The user's message.")
+    prompt = PromptField(help_text="The user's message.")
     parent_id = serializers.UUIDField(
         required=False,
         allow_null=True,

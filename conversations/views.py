@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from adrf.viewsets import ViewSet as AsyncViewSet
 from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,7 +21,7 @@ from accounts.models import APIKey
 from chatapi.db import db_work
 from chatapi.errors import Conflict, InvalidRequest
 from chatapi.negotiation import StreamFriendlyNegotiation
-from chatapi.schema import ERROR_RESPONSES
+from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
 from conversations import generations, selectors, services, streaming
 from conversations.models import Conversation, Message
 from conversations.serializers import (
@@ -41,6 +41,27 @@ from conversations.serializers import (
 
 CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 MESSAGE_ID = OpenApiParameter("message_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+
+# The answers of new, ask and regenerate: the stored reply as JSON, or (with `"stream": true` or
+# `Accept: text/event-stream`) a stream of server-sent events.
+REPLY_RESPONSES = {
+    (201, "application/json"): OpenApiResponse(
+        AskOutput, description="The stored reply; `response.parent_id` is the id to continue the thread from."
+    ),
+    (200, "text/event-stream"): event_stream(
+        ["created", "delta", "completed", "error"],
+        numbered=True,
+        description=(
+            "With `stream` (or `Accept: text/event-stream`): the reply as server-sent events, each with `id:` (a "
+            "sequence number), `event:` and one `data:` line of JSON. `created`: `{conversation_id, request, "
+            "response_id}` (`request` is the stored prompt, `null` for a regenerate); `delta`: `{id, delta}`, a "
+            "piece of text; then `completed`: `{response}`, the stored reply as in the `201` body, or `error`: "
+            "`{error, id}` (the text generated so far is stored as `interrupted`). A `: ping` comment is sent "
+            "after a silence. Errors found before the stream starts are ordinary JSON errors."
+        ),
+    ),
+    409: OpenApiResponse(ErrorOutput, description=CONFLICT),
+}
 
 
 def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
@@ -126,7 +147,24 @@ class ConversationViewSet(viewsets.ViewSet):
 
     @extend_schema(
         operation_id="conversations_list",
-        parameters=[ConversationListQuery],
+        parameters=[
+            ConversationListQuery,
+            OpenApiParameter(
+                "X-Total-Count",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                required=True,
+                response=[200],
+                description="How many conversations match, on every page.",
+            ),
+            OpenApiParameter(
+                "Link",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description='RFC 8288 links to the `rel="next"` and `rel="prev"` pages, when there are any.',
+            ),
+        ],
         responses={200: ConversationOutput(many=True), **ERROR_RESPONSES},
         description="The caller's conversations, newest first. `X-Total-Count` and `Link` headers paginate.",
     )
@@ -255,7 +293,7 @@ class ReplyViewSet(AsyncViewSet):
     @extend_schema(
         operation_id="conversations_new",
         request=ConversationNewInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
+        responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description=(
             "Start a conversation with its first prompt. `response.parent_id` is the id to continue from; "
             "`response.request_id` is the stored user message."
@@ -269,7 +307,7 @@ class ReplyViewSet(AsyncViewSet):
         operation_id="conversations_ask",
         parameters=[CONVERSATION_ID],
         request=AskInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
+        responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description=(
             "Ask in a conversation. Without `parent_id` the prompt continues `current_node`; with an earlier "
             "message's id it starts a new branch. On a backend error the prompt stays stored and its id is in "
@@ -289,7 +327,7 @@ class ReplyViewSet(AsyncViewSet):
         operation_id="conversations_regenerate",
         parameters=[CONVERSATION_ID, MESSAGE_ID],
         request=RegenerateInput,
-        responses={201: AskOutput, **ERROR_RESPONSES},
+        responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description="A new reply: a sibling of an assistant message, or a new child of a user message.",
     )
     async def regenerate(
@@ -314,7 +352,14 @@ class ReplyViewSet(AsyncViewSet):
                 "Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, description="As `after` (it wins)."
             ),
         ],
-        responses={(200, "text/event-stream"): OpenApiTypes.STR, **ERROR_RESPONSES},
+        responses={
+            (200, "text/event-stream"): event_stream(
+                ["created", "delta", "completed", "error"],
+                numbered=True,
+                description="The reply's events, as the stream of the ask that started it sends them.",
+            ),
+            **ERROR_RESPONSES,
+        },
         description=(
             "A reply's events (`created`, `delta`…, then `completed` or `error`) as server-sent events: after "
             "`Last-Event-ID` (or `after`), then live to its end, from any worker. On a finished reply, what is "
@@ -330,7 +375,11 @@ class ReplyViewSet(AsyncViewSet):
         operation_id="conversations_message_cancel",
         parameters=[CONVERSATION_ID, MESSAGE_ID],
         request=None,
-        responses={200: MessageOutput, 409: ERROR_RESPONSES[404], **ERROR_RESPONSES},
+        responses={
+            200: MessageOutput,
+            409: OpenApiResponse(ErrorOutput, description="The reply is not in progress (`not_in_progress`)."),
+            **ERROR_RESPONSES,
+        },
         description=(
             "Stop a reply being generated, from any worker: its text so far is kept, `status: cancelled`. "
             "`409` (`not_in_progress`) for a reply that is not in progress."
