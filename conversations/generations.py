@@ -354,9 +354,10 @@ async def generation_cancel(reply: Message) -> None:
             async with aclosing(reply_events(reply, after=0)) as events:
                 async for event in events:
                     if event is not None and event.name in TERMINAL:
-                        return
+                        break
     except TimeoutError:
         pass
+    # Ended by its worker (then this changes nothing), or no worker answered: it ends here.
     text = await _logged_text(rid)
     await db_work(services.reply_end_abandoned)(reply_id=reply.pk, ending="cancelled", content=text)
 

@@ -8,6 +8,7 @@ through another worker is told so instead of waiting forever.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import requests
 
 from tests.fake_openai import FakeOpenAI
 from tests.live import Event, read_events
-from tests.ops.test_serving import _serving
+from tests.ops.test_serving import _free_port, _serving
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES = os.environ.get("CHATAPI_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
@@ -212,3 +213,64 @@ def test_a_worker_killed_mid_reply_leaves_it_interrupted_with_its_text(cluster, 
     # With Redis, the text it had is kept: all the client saw before the last 20 ms (and what came after, if any).
     received = "".join(e.data["delta"] for e in seen if e.event == "delta")
     assert reply["message"].startswith(received)
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A Redis server of this test's own, which it may stop: (url, process)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: the Redis outage cannot be staged")
+    port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", server
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def test_a_redis_outage_mid_reply_loses_nothing_stored_and_readers_elsewhere_are_told(cluster, backend, private_redis):
+    redis_url, redis_server = private_redis
+    env = {**cluster.env, "REDIS_URL": redis_url}
+    session = cluster.session()
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.05)
+    with _serving(env) as (generating, _), _serving(env) as (elsewhere, _):
+        response = start_stream(session, generating, "through the storm")
+        events = read_events(response)
+        seen = first_events(events, 3)
+        follower = session.get(f"{reply_url(elsewhere, seen[0])}/stream", stream=True, timeout=30)
+        assert follower.status_code == 200
+        followed = read_events(follower)
+        first_events(followed, 1)
+        redis_server.kill()  # Redis goes away mid-reply
+        redis_server.wait(timeout=10)
+
+        rest = [e for e in events if isinstance(e, Event)]
+        told = [e for e in followed if isinstance(e, Event)]
+        reply = stored_reply(session, generating, seen[0])
+
+    # The worker generating it goes on from its own memory: its stream and what is stored are whole.
+    assert rest[-1].event == "completed"
+    assert "".join(e.data["delta"] for e in seen + rest if e.event == "delta") == WORDS
+    assert (reply["status"], reply["message"]) == ("completed", WORDS)
+    # A reader through another worker cannot follow it any more, and is told so.
+    assert told[-1].event == "error"
+    assert told[-1].data["error"]["code"] == "event_log_unavailable"
