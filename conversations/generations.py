@@ -7,9 +7,9 @@ Redis Streams with REDIS_URL, in the process without). Whoever streams the reply
 started it or any later one through any worker, is a reader of that log. When it ends, however it
 ends, the reply is stored with its text and status.
 
-Every worker renews the lease of the replies it generates (and, without Redis, stores their text so
-far); a reply whose lease ran out belongs to a worker that died: any surviving worker, or the next to
-start, ends it `interrupted` with the text it had.
+Every worker renews the lease of the replies it generates and stores their text so far; a reply whose
+lease ran out belongs to a worker that died: any surviving worker, or the next to start, ends it
+`interrupted` with the text it had (from the Redis log, else as last stored).
 """
 
 from __future__ import annotations
@@ -68,9 +68,11 @@ class Generation:
     def reply_id(self) -> str:
         return str(self.job.reply_id)
 
+    finishing: bool = False  # the backend is done with: what is left is storing it, which nothing stops
+
     def stop(self, ending: str) -> None:
         """Stop generating (the backend request is closed); the text so far is stored as `ending`."""
-        if self.task is not None and not self.task.done():
+        if self.task is not None and not self.task.done() and not self.finishing and self.stop_as is None:
             self.stop_as = ending
             self.task.cancel()
 
@@ -157,6 +159,7 @@ async def _run(generation: Generation) -> None:
         logger.exception("Generation %s failed", rid)
         ending = "interrupted" if generation.text else "failed"
         failure = InternalError("Internal server error.")
+    generation.finishing = True
     await _finish(
         generation, ending=ending, usage=usage, model=model, failure=failure, terminal_seq=generation.last_seq + 1
     )
@@ -358,8 +361,10 @@ async def generation_cancel(reply: Message) -> None:
     except TimeoutError:
         pass
     # Ended by its worker (then this changes nothing), or no worker answered: it ends here.
-    text = await _logged_text(rid)
-    await db_work(services.reply_end_abandoned)(reply_id=reply.pk, ending="cancelled", content=text)
+    text, last_event_id = await _logged(rid)
+    await db_work(services.reply_end_abandoned)(
+        reply_id=reply.pk, ending="cancelled", content=text, last_event_id=last_event_id
+    )
 
 
 def _on_cancel(reply_id: str) -> None:
@@ -368,20 +373,23 @@ def _on_cancel(reply_id: str) -> None:
         generation.stop("cancelled")
 
 
-async def _logged_text(rid: str) -> str | None:
-    """The text of a generation as its log has it (for one whose worker is gone); None if there is no log."""
+async def _logged(rid: str) -> tuple[str | None, int | None]:
+    """The text of a generation as its log has it (for one whose worker is gone), and the id its last event
+    gets; (None, None) if there is no log."""
     log = event_log()
     text: list[str] = []
+    last = 0
     try:
         async with aclosing(log.read(rid, after=0, heartbeat=0.05)) as events:
             async for event in events:
                 if event is None or event.name in TERMINAL:
                     break
+                last = event.seq
                 if event.name == "delta":
                     text.append(event.data.get("delta", ""))
     except (LogMissing, LogUnavailable):
-        return None
-    return "".join(text)
+        return None, None
+    return "".join(text), last + 1
 
 
 # --- the worker's keeper: leases, and replies whose worker died -----------------------------------
@@ -405,9 +413,11 @@ async def generations_started() -> None:
 
 
 def _keep_interval() -> float:
-    lease = settings.CHATAPI_GENERATION_LEASE_SECONDS
-    # Without Redis the text so far is stored as the lease is renewed: often, so a dead worker loses little.
-    return lease / 3 if settings.REDIS_URL else min(2.0, lease / 3)
+    # Leases run 2/3 of CHATAPI_GENERATION_LEASE_SECONDS past each renewal, and both renewals and the search
+    # for expired ones come every third: a dead worker's replies are ended within the lease. The text so far
+    # is stored at each renewal too, at least every 2 s: it is what GET …/messages shows while in progress,
+    # and what is kept of a dead worker's reply when there is no Redis log to take it from.
+    return min(2.0, settings.CHATAPI_GENERATION_LEASE_SECONDS / 3)
 
 
 async def _keep() -> None:
@@ -416,10 +426,7 @@ async def _keep() -> None:
             await asyncio.sleep(_keep_interval())
             try:
                 if _running:
-                    texts = {
-                        generation.job.reply_id: None if settings.REDIS_URL else "".join(generation.text)
-                        for generation in list(_running.values())
-                    }
+                    texts = {gen.job.reply_id: "".join(gen.text) for gen in list(_running.values())}
                     await db_work(services.replies_keep)(texts=texts)
                 await _reap()
             except Exception:  # a database outage: try again at the next tick
@@ -430,8 +437,11 @@ async def _reap() -> None:
     for reply_id in await db_work(services.replies_expired)():
         if running(reply_id) is not None:
             continue  # ours, and alive (its lease renewal was late)
-        text = await _logged_text(str(reply_id))
-        if await db_work(services.reply_end_abandoned)(reply_id=reply_id, ending="interrupted", content=text):
+        text, last_event_id = await _logged(str(reply_id))
+        ended = await db_work(services.reply_end_abandoned)(
+            reply_id=reply_id, ending="interrupted", content=text, last_event_id=last_event_id
+        )
+        if ended:
             logger.warning("Reply %s was interrupted: the worker generating it stopped answering.", reply_id)
 
 

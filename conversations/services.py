@@ -171,7 +171,10 @@ def _lock(conversation: Conversation) -> None:
 
 
 def lease_deadline() -> datetime:
-    return timezone.now() + timedelta(seconds=settings.CHATAPI_GENERATION_LEASE_SECONDS)
+    """When a reply being generated is taken for abandoned unless its worker renews the lease: 2/3 of
+    CHATAPI_GENERATION_LEASE_SECONDS from now (renewals, and the search for expired leases, come every third,
+    so a dead worker's replies are ended within the lease)."""
+    return timezone.now() + timedelta(seconds=settings.CHATAPI_GENERATION_LEASE_SECONDS * 2 / 3)
 
 
 def reply_begin(*, job: ReplyJob) -> Message:
@@ -257,22 +260,28 @@ def reply_finish(
     return Message.objects.get(pk=job.reply_id)
 
 
-def replies_keep(*, texts: dict[uuid.UUID, str | None]) -> None:
-    """Renew the lease of replies this worker is generating; with a text, store it too (the text so far,
-    so that a worker that dies loses little of it)."""
+def replies_keep(*, texts: dict[uuid.UUID, str]) -> None:
+    """Renew the lease of replies this worker is generating, and store their text so far (what a reload
+    shows, and what is kept if the worker dies)."""
     deadline = lease_deadline()
     in_progress = Message.objects.filter(status=Message.Status.IN_PROGRESS)
-    in_progress.filter(pk__in=list(texts)).update(lease_expires_at=deadline)
-    for reply_id, text in texts.items():
-        if text is not None:
-            in_progress.filter(pk=reply_id).update(content=text)
+    with transaction.atomic():
+        for reply_id, text in texts.items():
+            in_progress.filter(pk=reply_id).update(content=text, lease_expires_at=deadline)
 
 
-def reply_end_abandoned(*, reply_id: uuid.UUID, ending: str, content: str | None = None) -> bool:
+def reply_end_abandoned(
+    *, reply_id: uuid.UUID, ending: str, content: str | None = None, last_event_id: int | None = None
+) -> bool:
     """End a reply no worker is generating any more (its worker died, or never answered a cancel): with
     the given text, else the text last stored. False when it was not in progress (any more)."""
     status, finish = ENDINGS[ending]
-    fields: dict[str, Any] = {"status": status, "finish_details": finish, "lease_expires_at": None}
+    fields: dict[str, Any] = {
+        "status": status,
+        "finish_details": finish,
+        "lease_expires_at": None,
+        "last_event_id": last_event_id,
+    }
     if content is not None:
         fields["content"] = content
     return bool(Message.objects.filter(pk=reply_id, status=Message.Status.IN_PROGRESS).update(**fields))

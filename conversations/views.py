@@ -122,10 +122,15 @@ def _conversation(request: AuthenticatedRequest, conversation_id: str) -> Conver
     return selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
 
 
+def _message_of(request: AuthenticatedRequest, conversation_id: str, message_id: str) -> Message:
+    """The caller's message (another user's, or unknown, is a 404)."""
+    conversation = _conversation(request, conversation_id)
+    return selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
+
+
 def _reply_of(request: AuthenticatedRequest, conversation_id: str, message_id: str) -> Message:
     """The caller's assistant message (another user's, or unknown, is a 404)."""
-    conversation = _conversation(request, conversation_id)
-    message = selectors.message_get_in_conversation(conversation=conversation, message_id=message_id)
+    message = _message_of(request, conversation_id, message_id)
     if message.role != Message.Role.ASSISTANT:
         raise InvalidRequest("Only a reply (an assistant message) has a generation.", code="not_a_reply")
     return message
@@ -386,8 +391,8 @@ class ReplyViewSet(AsyncViewSet):
         ),
     )
     async def cancel(self, request: AuthenticatedRequest, conversation_id: str, message_id: str) -> Response:
-        reply = await db_work(_reply_of)(request, conversation_id, message_id)
-        if reply.status != Message.Status.IN_PROGRESS:
+        reply = await db_work(_message_of)(request, conversation_id, message_id)
+        if reply.status != Message.Status.IN_PROGRESS:  # a user message never is
             raise Conflict(f"The reply is not in progress (it is {reply.status}).", code="not_in_progress")
         await generations.generation_cancel(reply)
         return Response(await db_work(_message_with_children)(reply))

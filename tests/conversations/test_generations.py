@@ -205,3 +205,30 @@ def test_a_reply_whose_worker_died_is_interrupted_with_its_text(user, backend):
     alive.refresh_from_db()
     assert (orphan.status, orphan.finish_details, orphan.content) == ("interrupted", "interrupted", "half a rep")
     assert alive.status == "in_progress"
+
+
+def test_a_reply_in_progress_shows_its_text_so_far(http, backend, settings):
+    settings.CHATAPI_GENERATION_LEASE_SECONDS = 3  # its text is stored every second
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.1)
+    response = start_stream(http)
+    created = next(e for e in read_events(response) if isinstance(e, Event))
+    url = f"{http.base_url}/conversations/{created.data['conversation_id']}/messages"
+
+    def shown() -> dict:
+        return next(m for m in http.get(url, timeout=10).json() if m["id"] == created.data["response_id"])
+
+    assert wait_until(lambda: shown()["message"] != "", timeout=5)
+    partial = shown()
+    assert partial["status"] == "in_progress"
+    assert WORDS.startswith(partial["message"]) and partial["message"] != WORDS
+    response.close()
+
+
+def test_cancelling_a_user_message_is_a_409(http, backend):
+    reply = http.post(f"{http.base_url}/conversations/new", json={"prompt": "hi"}, timeout=30).json()["response"]
+    response = http.post(
+        f"{http.base_url}/conversations/{reply['conversation_id']}/messages/{reply['request_id']}/cancel", timeout=10
+    )
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "not_in_progress"
