@@ -191,6 +191,12 @@ CHATAPI_THREADS = env_int("CHATAPI_THREADS", 32, minimum=1)
 CHATAPI_PIN_CPU = env_bool("CHATAPI_PIN_CPU", True)
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)
+# A generation's event log (conversations.events) is kept this many seconds after its last event, so that a
+# client that lost its stream can still resume it.
+CHATAPI_GENERATION_LOG_TTL = env_int("CHATAPI_GENERATION_LOG_TTL", 600, minimum=1)
+# With REDIS_URL, a generation's Redis stream keeps about this many events (MAXLEN ~): a stream cannot be resumed
+# from before the oldest one kept.
+CHATAPI_GENERATION_LOG_MAXLEN = env_int("CHATAPI_GENERATION_LOG_MAXLEN", 10_000, minimum=1)
 # A key's `last_used_at` is written at most this often (seconds), not on every request.
 CHATAPI_KEY_LAST_USED_INTERVAL = env_int("CHATAPI_KEY_LAST_USED_INTERVAL", 60, minimum=0)
 
