@@ -10,7 +10,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,7 @@ class EventLog(ABC):
     @abstractmethod
     def read(
         self, generation_id: str, *, after: int = 0, heartbeat: float | None = None
-    ) -> AsyncIterator[Event | None]:
+    ) -> AsyncGenerator[Event | None, None]:
         """The events with seq > `after` in order, then the live ones as they come, up to the terminal one.
 
         Yields None whenever nothing came for `heartbeat` seconds (send a keep-alive), and carries on. Raises
@@ -180,7 +180,7 @@ class LocalEventLog(EventLog):
 
     async def read(
         self, generation_id: str, *, after: int = 0, heartbeat: float | None = None
-    ) -> AsyncIterator[Event | None]:
+    ) -> AsyncGenerator[Event | None, None]:
         self._sweep()
         log = self._logs.get(generation_id)
         if log is None:
@@ -365,26 +365,29 @@ class RedisEventLog(LocalEventLog):
 
     async def _send(self, rt: _Runtime, keys: list[str], entries: list[Entry]) -> tuple[int, str]:
         """Add the entries to their streams (KEYS[index]); how many Redis refused, and the first error."""
-        args = [settings.CHATAPI_GENERATION_LOG_MAXLEN, json.dumps(entries)]
+        args: list[int | str] = [settings.CHATAPI_GENERATION_LOG_MAXLEN, json.dumps(entries)]
         async with asyncio.timeout(REDIS_TIMEOUT):
             refused, error = await rt.mirror(keys=keys, args=args)
         return int(refused), error.decode() if isinstance(error, bytes) else str(error)
 
     def read(
         self, generation_id: str, *, after: int = 0, heartbeat: float | None = None
-    ) -> AsyncIterator[Event | None]:
+    ) -> AsyncGenerator[Event | None, None]:
         if self.is_local(generation_id):
             return super().read(generation_id, after=after, heartbeat=heartbeat)
         return self._read_redis(generation_id, after, heartbeat)
 
-    async def _read_redis(self, generation_id: str, after: int, heartbeat: float | None) -> AsyncIterator[Event | None]:
+    async def _read_redis(
+        self, generation_id: str, after: int, heartbeat: float | None
+    ) -> AsyncGenerator[Event | None, None]:
         client = self._here().client
         key = stream_key(generation_id)
         last = max(after, 0)
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                entries = await client.xrange(key, f"(0-{last}", "+", count=READ_COUNT)
-                newest = await client.xrevrange(key, "+", "-", count=1) if not entries else None
+                # redis-py's own types say every command may answer anything: these are lists of (id, fields).
+                entries: Any = await client.xrange(key, f"(0-{last}", "+", count=READ_COUNT)
+                newest: Any = await client.xrevrange(key, "+", "-", count=1) if not entries else None
             if not entries:
                 if not newest:
                     raise LogMissing(generation_id)
@@ -410,7 +413,7 @@ class RedisEventLog(LocalEventLog):
                 # Redis never answers a timed-out XREAD early: rounded up, the heartbeat is due when it answers.
                 block = math.ceil(min(quiet_until - time.monotonic(), MAX_BLOCK) * 1000)
                 async with asyncio.timeout(block / 1000 + REDIS_TIMEOUT):
-                    reply = await client.xread({key: f"0-{last}"}, count=READ_COUNT, block=max(block, 1))
+                    reply: Any = await client.xread({key: f"0-{last}"}, count=READ_COUNT, block=max(block, 1))
                 entries = reply[0][1] if reply else []
         except (RedisError, OSError) as exc:
             raise LogUnavailable(f"cannot read the events of {generation_id} from Redis: {exc}") from exc

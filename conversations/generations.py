@@ -279,6 +279,9 @@ async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Even
     (it ended long ago) gives its last event, from the database."""
     rid = str(reply.pk)
     log = event_log()
+    if settings.REDIS_URL and reply.status == Message.Status.IN_PROGRESS and running(rid) is None:
+        # Generated elsewhere, and just started, maybe: its first events reach Redis within a flush (20 ms).
+        await _until_logged(rid)
     try:
         async with aclosing(log.read(rid, after=after, heartbeat=READER_CHECK_SECONDS)) as events:
             async for event in events:
@@ -304,6 +307,20 @@ async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Even
         )
         error.status_code, error.type = 503, "server_error"
         yield Event(seq=after + 1, name="error", data=error_event(error, rid))
+
+
+async def _until_logged(rid: str, wait: float = 1.0) -> None:
+    """Wait (a little) until the log of a generation running elsewhere has its first event."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            async with aclosing(event_log().read(rid, after=0, heartbeat=0.01)) as events:
+                await anext(events)
+            return
+        except (LogMissing, StopAsyncIteration):
+            await asyncio.sleep(0.02)
+        except LogUnavailable:
+            return  # the reader says so
 
 
 def _reply_get(reply_id: uuid.UUID) -> Message | None:

@@ -274,3 +274,24 @@ def test_a_redis_outage_mid_reply_loses_nothing_stored_and_readers_elsewhere_are
     # A reader through another worker cannot follow it any more, and is told so.
     assert told[-1].event == "error"
     assert told[-1].data["error"]["code"] == "event_log_unavailable"
+
+
+def test_a_reply_is_followed_from_its_start_through_another_worker(cluster, backend):
+    first, second = cluster.urls
+    session = cluster.session()
+    backend.reply_with("just begun")
+    backend.hold()
+    response = start_stream(session, first, "quick")
+    created = first_events_created(read_events(response))
+    # At once (its first events reach Redis within 20 ms: a reader that comes sooner waits for them).
+    follower = session.get(f"{reply_url(second, created)}/stream", stream=True, timeout=30)
+    backend.release()
+    followed = [e for e in read_events(follower) if isinstance(e, Event)]
+    assert [e.event for e in followed][0] == "created"
+    assert followed[-1].event == "completed"
+    assert followed[-1].data["response"]["message"] == "just begun"
+    response.close()
+
+
+def first_events_created(events: Iterator[Event | str]) -> Event:
+    return next(e for e in events if isinstance(e, Event) and e.event == "created")
