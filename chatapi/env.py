@@ -94,3 +94,25 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None or raw.strip() == "":
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_sizes(name: str, default: dict[str, int]) -> dict[str, int]:
+    """`name=size` pairs, comma-separated (`gpt-4o-mini=128000,llama3.2=8192`); `*=size` is the default."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return dict(default)
+    sizes = dict(default)
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.rpartition("=")
+        if not sep or not key.strip():
+            raise SettingError(f"{name} must be model=size pairs separated by commas, got {item!r}")
+        try:
+            size = int(value.strip())
+        except ValueError:
+            raise SettingError(f"{name}: the size of {key.strip()!r} must be a whole number, got {value!r}") from None
+        if size < 256:
+            raise SettingError(f"{name}: the size of {key.strip()!r} must be at least 256 tokens, got {size}")
+        sizes[key.strip()] = size
+    return sizes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from chatapi.env import SettingError, env_bool, env_float, env_int, env_list, env_str, load_dotenv
+from chatapi.env import SettingError, env_bool, env_float, env_int, env_list, env_sizes, env_str, load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env")
@@ -194,6 +194,9 @@ if CHATAPI_DEFAULT_MODEL not in CHATAPI_MODELS:
 CHATAPI_BACKEND_TIMEOUT = env_float("CHATAPI_BACKEND_TIMEOUT", 60.0)
 CHATAPI_BACKEND_MAX_RETRIES = env_int("CHATAPI_BACKEND_MAX_RETRIES", 2, minimum=0)
 CHATAPI_AUTOCONTINUE_MAX_ROUNDS = env_int("CHATAPI_AUTOCONTINUE_MAX_ROUNDS", 3, minimum=1)
+# Each model's context window in tokens (`*` for any model not named): a reply is asked with the system
+# prompt and the newest part of its branch that fits, less the tokens kept for the reply itself.
+CHATAPI_MODEL_CONTEXT = env_sizes("CHATAPI_MODEL_CONTEXT", {"*": 8192})
 # A reply being generated is kept alive by its worker; past this many seconds without word from it (the
 # worker died), a surviving worker, or the next to start, marks it interrupted with the text it had.
 CHATAPI_GENERATION_LEASE_SECONDS = env_int("CHATAPI_GENERATION_LEASE_SECONDS", 30, minimum=2)

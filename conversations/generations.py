@@ -106,7 +106,12 @@ async def generation_start(job: ReplyJob, *, request_data: dict[str, Any] | None
     this returns, so a reader can follow it at once."""
     generation = Generation(job)
     log = event_log()
-    created = {"conversation_id": str(job.conversation.pk), "request": request_data, "response_id": generation.reply_id}
+    created = {
+        "conversation_id": str(job.conversation.pk),
+        "request": request_data,
+        "response_id": generation.reply_id,
+        "context_window": job.context_info,
+    }
     await log.publish(generation.reply_id, "created", created)
     _running[generation.reply_id] = generation
     # A task outside the request's thread context (which ends with the request): a context of its own,
@@ -438,6 +443,7 @@ def _keep_interval() -> float:
 
 
 async def _keep() -> None:
+    failing = False
     async with ThreadSensitiveContext():
         while True:
             await asyncio.sleep(_keep_interval())
@@ -446,8 +452,13 @@ async def _keep() -> None:
                     texts = {gen.job.reply_id: "".join(gen.text) for gen in list(_running.values())}
                     await db_work(services.replies_keep)(texts=texts)
                 await _reap()
-            except Exception:  # a database outage: try again at the next tick
-                logger.exception("Keeping the generations' leases failed")
+                if failing:
+                    logger.warning("The generations' leases are kept again.")
+                failing = False
+            except Exception:  # a database outage: try again at the next tick (and say so once, not every tick)
+                if not failing:
+                    logger.exception("Keeping the generations' leases failed; trying again every tick")
+                failing = True
 
 
 async def _reap() -> None:

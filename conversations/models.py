@@ -98,6 +98,10 @@ class Message(models.Model):
     last_event_id = models.PositiveIntegerField(
         null=True, blank=True, help_text="The id of the last event of its generation's stream (its end)."
     )
+    depth = models.PositiveIntegerField(default=0, help_text="How many messages lie above it on its branch.")
+    token_count = models.PositiveIntegerField(
+        default=0, help_text="Its tokens in a model's context: measured by the backend for a reply, else estimated."
+    )
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     total_tokens = models.PositiveIntegerField(null=True, blank=True)

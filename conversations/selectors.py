@@ -110,6 +110,33 @@ def message_path_or_400(*, conversation: Conversation, leaf_id: object, param: s
     return path
 
 
+def message_context_get(*, conversation: Conversation, leaf_id: uuid.UUID, budget: int) -> tuple[list[Message], int]:
+    """The newest part of the branch root→`leaf_id` whose tokens fit in `budget` (the leaf always), oldest
+    first, and how many earlier messages of the branch were left out.
+
+    One query, which reads the rows it returns and one more: the walk up the branch stops once the budget
+    is spent, so its cost does not grow with the depth of the branch.
+    """
+    table = Message._meta.db_table
+    rows = Message.objects.raw(
+        f"""
+        WITH RECURSIVE path(id, parent_id, total) AS (
+            SELECT id, parent_id, token_count FROM {table} WHERE id = %s AND conversation_id = %s
+            UNION ALL
+            SELECT m.id, m.parent_id, p.total + m.token_count FROM {table} m JOIN path p ON m.id = p.parent_id
+            WHERE p.total <= %s
+        )
+        SELECT t.*, path.total AS context_total FROM {table} t JOIN path ON t.id = path.id
+        """,
+        [_pk_param(leaf_id), _pk_param(conversation.pk), budget],
+    )
+    fitting = sorted(
+        (m for m in rows if m.pk == leaf_id or m.context_total <= budget),  # type: ignore[attr-defined]
+        key=lambda m: m.depth,
+    )
+    return fitting, fitting[0].depth if fitting else 0
+
+
 def message_subtree_ids(*, root: Message) -> list[uuid.UUID]:
     """Ids of `root` and all its descendants, in one query."""
     table = Message._meta.db_table

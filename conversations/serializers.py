@@ -194,8 +194,16 @@ class ReplyOutput(MessageOutput):
         return data
 
 
+class ContextOutput(serializers.Serializer):
+    messages = serializers.IntegerField(help_text="Messages of the branch sent to the model (the system prompt aside).")
+    left_out = serializers.IntegerField(
+        help_text="Earlier messages of the branch left out: they did not fit in the model's context window."
+    )
+
+
 class AskOutput(serializers.Serializer):
     response = ReplyOutput()
+    context_window = ContextOutput(help_text="How much of the branch the model was sent.")
 
 
 class MappingNodeOutput(serializers.Serializer):

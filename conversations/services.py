@@ -20,6 +20,7 @@ from conversations.selectors import (
     conversation_get_for_user,
     conversation_latest_for_origin,
     conversation_of_message_for_user,
+    message_context_get,
     message_get_in_conversation,
     message_path_get,
     message_path_or_400,
@@ -152,6 +153,13 @@ class ReplyJob:
     reply_id: uuid.UUID = field(default_factory=uuid.uuid4)
     params: dict[str, Any] = field(default_factory=dict)  # sampling parameters, sent to the backend as they are
     api_key_id: uuid.UUID | None = None  # the key the usage is counted against
+    left_out: int = 0  # earlier messages of the branch that did not fit in the model's context
+
+    @property
+    def context_info(self) -> dict[str, int]:
+        """What the answer says of the context: the branch's messages sent, and the earlier ones left out."""
+        sent = len(self.context) - (1 if self.conversation.system_prompt else 0)
+        return {"messages": sent, "left_out": self.left_out}
 
     def backend_failed(self, exc: BackendError) -> BackendError:
         """`exc` with the ids a client needs to retry (the stored prompt can be regenerated)."""
@@ -188,6 +196,7 @@ def reply_begin(*, job: ReplyJob) -> Message:
             id=job.reply_id,
             conversation=conversation,
             parent=job.request,
+            depth=job.request.depth + 1,
             role=Message.Role.ASSISTANT,
             model=job.model,
             status=Message.Status.IN_PROGRESS,
@@ -238,6 +247,7 @@ def reply_finish(
             finish_details=finish,
             lease_expires_at=None,
             last_event_id=last_event_id,
+            token_count=usage.completion_tokens if usage else llm.estimate_tokens(content),
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             total_tokens=usage.total_tokens if usage else None,
@@ -284,6 +294,7 @@ def reply_end_abandoned(
     }
     if content is not None:
         fields["content"] = content
+        fields["token_count"] = llm.estimate_tokens(content)
     return bool(Message.objects.filter(pk=reply_id, status=Message.Status.IN_PROGRESS).update(**fields))
 
 
@@ -299,25 +310,55 @@ def _validate_prompt(prompt: str, *, param: str = "prompt") -> str:
     return prompt
 
 
+def context_budget(*, model: str, system_prompt: str, params: dict[str, Any]) -> int:
+    """Tokens of the branch that a request to `model` can carry: its context window (CHATAPI_MODEL_CONTEXT)
+    less the system prompt and what is kept for the reply (its max_tokens, else a quarter of the window, at
+    most 4,096)."""
+    sizes = settings.CHATAPI_MODEL_CONTEXT
+    window = sizes.get(model, sizes["*"])
+    reply = params.get("max_completion_tokens") or params.get("max_tokens") or min(window // 4, 4096)
+    return window - int(reply) - llm.estimate_tokens(system_prompt)
+
+
+def _check_fits(text: str, *, budget: int, param: str) -> None:
+    if llm.estimate_tokens(text) > budget:
+        raise InvalidRequest(
+            f"{param} is too long for the model's context window ({budget} tokens left for the conversation).",
+            code="context_length_exceeded",
+            param=param,
+        )
+
+
 def _job(
     *,
     conversation: Conversation,
-    path: list[Message],
+    request: Message,
     model: str,
     autocontinue: bool,
     new: bool,
     params: dict[str, Any] | None = None,
 ) -> ReplyJob:
-    """`path` runs from the root to the user message being answered."""
+    """The job of answering `request` (stored): its context is the newest part of its branch that fits."""
+    params = params or {}
+    budget = context_budget(model=model, system_prompt=conversation.system_prompt, params=params)
+    path, left_out = message_context_get(conversation=conversation, leaf_id=request.pk, budget=budget)
     return ReplyJob(
         conversation=conversation,
-        request=path[-1],
+        request=request,
         model=model,
         context=_context(conversation, path),
         autocontinue=autocontinue,
         request_is_new=new,
-        params=params or {},
+        params=params,
+        left_out=left_out,
     )
+
+
+def _message_at(conversation: Conversation, message_id: object, *, param: str | None = None) -> Message | None:
+    """A message of the conversation by id (None for None): a bad id is a 400 naming `param`."""
+    if message_id is None:
+        return None
+    return message_get_in_conversation(conversation=conversation, message_id=message_id, param=param)
 
 
 def conversation_ask_prepare(
@@ -335,16 +376,20 @@ def conversation_ask_prepare(
     """
     _validate_prompt(prompt)
     chosen_model = llm.model_resolve(model or conversation.model)
+    budget = context_budget(model=chosen_model, system_prompt=conversation.system_prompt, params={})
+    _check_fits(prompt, budget=budget, param="prompt")
     with transaction.atomic():
         _lock(conversation)
         if parent_id is not None:
-            path = message_path_or_400(conversation=conversation, leaf_id=parent_id, param="parent_id")
+            parent = _message_at(conversation, parent_id, param="parent_id")
         else:
-            path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
+            parent = _message_at(conversation, conversation.current_node_id)
         now = timezone.now()
         request = Message(
             conversation=conversation,
-            parent=path[-1] if path else None,
+            parent=parent,
+            depth=parent.depth + 1 if parent else 0,
+            token_count=llm.estimate_tokens(prompt),
             role=Message.Role.USER,
             content=prompt,
             created_at=now,
@@ -354,8 +399,7 @@ def conversation_ask_prepare(
             conversation.title = title_from_prompt(prompt)
             conversation.updated_at = now
             conversation.save(update_fields=["title", "updated_at"])
-    job_path = [*path, request]
-    return _job(conversation=conversation, path=job_path, model=chosen_model, autocontinue=autocontinue, new=True)
+    return _job(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue, new=True)
 
 
 def conversation_start_prepare(
@@ -437,14 +481,13 @@ def openai_turn_prepare(
         else:
             conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
             _lock(conversation)
-        path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
+        parent = _message_at(conversation, conversation.current_node_id)
         now = timezone.now()
         fields = []
         if system and system != conversation.system_prompt:
             conversation.system_prompt = system
             fields.append("system_prompt")
         added = []
-        parent = path[-1] if path else None
         for m, text in texts:
             if m["role"] in ("system", "developer"):
                 continue
@@ -453,6 +496,8 @@ def openai_turn_prepare(
             parent = Message(
                 conversation=conversation,
                 parent=parent,
+                depth=parent.depth + 1 if parent else 0,
+                token_count=llm.estimate_tokens(text),
                 role=m["role"],
                 content=text,
                 finish_details=finish,
@@ -466,14 +511,7 @@ def openai_turn_prepare(
             fields.append("title")
         if fields:
             conversation.save(update_fields=fields)
-    return _job(
-        conversation=conversation,
-        path=[*path, *added],
-        model=model,
-        autocontinue=False,
-        new=True,
-        params=params,
-    )
+    return _job(conversation=conversation, request=added[-1], model=model, autocontinue=False, new=True, params=params)
 
 
 def message_regenerate_prepare(
@@ -483,14 +521,13 @@ def message_regenerate_prepare(
     if message.role == Message.Role.ASSISTANT:
         if message.parent_id is None:
             raise InvalidRequest("This assistant message has no prompt to answer.", code="cannot_regenerate")
-        request_id = message.parent_id
+        request = Message.objects.get(pk=message.parent_id)
     elif message.role == Message.Role.USER:
-        request_id = message.pk
+        request = message
     else:
         raise InvalidRequest("Only user and assistant messages can be regenerated.", code="cannot_regenerate")
     chosen_model = llm.model_resolve(model or conversation.model)
-    path = message_path_get(conversation=conversation, leaf_id=request_id)
-    return _job(conversation=conversation, path=path, model=chosen_model, autocontinue=autocontinue, new=False)
+    return _job(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue, new=False)
 
 
 def message_delete(*, conversation: Conversation, message: Message) -> int:
@@ -522,7 +559,7 @@ def conversation_fork(
             system_prompt=conversation.system_prompt,
         )
         new_ids: dict[uuid.UUID, uuid.UUID] = {}
-        copies = []
+        copies: list[Message] = []
         for message in path:
             new_ids[message.pk] = uuid.uuid4()
             copies.append(
@@ -530,6 +567,9 @@ def conversation_fork(
                     id=new_ids[message.pk],
                     conversation=fork,
                     parent_id=new_ids.get(message.parent_id) if message.parent_id else None,
+                    depth=len(copies),
+                    token_count=message.token_count,
+                    status=message.status,
                     role=message.role,
                     content=message.content,
                     model=message.model,

@@ -91,7 +91,8 @@ async def _reply(
     )
     if not stream:
         reply = await generations.generation_outcome(generation)
-        return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
+        answer = {"response": ReplyOutput(reply).data, "context_window": generation.job.context_info}
+        return Response(answer, status=status.HTTP_201_CREATED)
     return streaming.stream_response(
         streaming.reply_sse(reply, generation=generation), content_type="text/event-stream"
     )

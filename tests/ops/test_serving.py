@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,34 +24,47 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_log(server: subprocess.Popen) -> str:
+    """The end of what a server started by _serving wrote to stderr (for failure messages)."""
+    log = getattr(server, "log", None)
+    if log is None:
+        return ""
+    log.flush()
+    log.seek(0)
+    return log.read()[-5000:]
+
+
 @contextmanager
 def _serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
-    """uvicorn serving chatapi with `env` until the block ends; yields (url, process) once it is healthy."""
+    """uvicorn serving chatapi with `env` until the block ends; yields (url, process) once it is healthy.
+    Its stderr goes to a file (a pipe nobody reads would fill and stall it): `server_log(process)`."""
     port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "chatapi.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"uvicorn did not become healthy: {server.stderr.read() if server.stderr else ''}")
-            time.sleep(0.1)
-        yield url, server
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "chatapi.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+        server.log = log  # type: ignore[attr-defined]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"uvicorn did not become healthy: {server_log(server)}")
+                time.sleep(0.1)
+            yield url, server
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -73,20 +87,20 @@ def site(tmp_path_factory) -> tuple[dict[str, str], str]:
 
 
 @pytest.fixture(scope="module")
-def served(site) -> Iterator[tuple[str, str]]:
-    """uvicorn serving chatapi on the fresh site; yields (url, key)."""
+def served(site) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """uvicorn serving chatapi on the fresh site; yields (url, key, process)."""
     env, key = site
-    with _serving(env) as (url, _):
-        yield url, key
+    with _serving(env) as (url, server):
+        yield url, key, server
 
 
 def test_a_branching_conversation_over_http_with_the_echo_model(served):
-    url, key = served
+    url, key, server = served
     s = requests.Session()
     s.headers["Authorization"] = f"Bearer {key}"
 
     first = s.post(f"{url}/conversations/new", json={"prompt": "Hello there"}, timeout=10)
-    assert first.status_code == 201, first.text
+    assert first.status_code == 201, f"{first.text}\n{server_log(server)}"
     reply = first.json()["response"]
     assert reply["model"] == "echo"
     assert "offline" in reply["message"] and "Hello there" in reply["message"]
@@ -106,7 +120,7 @@ def test_a_branching_conversation_over_http_with_the_echo_model(served):
 
 
 def test_bare_authorization_header_and_401_over_http(served):
-    url, key = served
+    url, key, _ = served
     assert requests.get(f"{url}/conversations", headers={"Authorization": key}, timeout=10).status_code == 200
     response = requests.get(f"{url}/conversations", timeout=10)
     assert response.status_code == 401
