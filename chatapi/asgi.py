@@ -6,6 +6,7 @@ when it starts and puts it back when it stops (chatapi.worker).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ from django.core.asgi import get_asgi_application
 from chatapi.env import exit_on_setting_error
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatapi.settings")
+logger = logging.getLogger(__name__)
 
 with exit_on_setting_error():
     django_application = get_asgi_application()
@@ -32,9 +34,19 @@ async def lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            await worker_started()
+            try:
+                await worker_started()
+            except Exception as exc:  # the server says so and stops, rather than run without its set-up
+                logger.exception("The worker could not start")
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await worker_stopping()
+            try:
+                await worker_stopping()
+            except Exception as exc:
+                logger.exception("The worker did not stop cleanly")
+                await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                return
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
@@ -31,3 +31,15 @@ def db_work(function: Callable[P, R]) -> Callable[P, Awaitable[R]]:
                 close_old_connections()
 
     return sync_to_async(run)
+
+
+class ConnectionReleasing:
+    """For async DRF views (adrf): the database connection that authentication took in the request's thread
+    goes back once the checks are done, so that a request waiting for the model holds none."""
+
+    def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            if not connection.in_atomic_block:
+                close_old_connections()

@@ -16,6 +16,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.authentication import AuthenticatedRequest
+from chatapi.db import ConnectionReleasing
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import PromptField
 from chatapi.negotiation import StreamFriendlyNegotiation
@@ -64,7 +65,7 @@ COMPAT_ERRORS = {
 }
 
 
-class AskView(AsyncAPIView):
+class AskView(ConnectionReleasing, AsyncAPIView):
     """`POST /api/ask`: one exchange, answered whole; threads are chained through `response_id`."""
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
@@ -102,7 +103,7 @@ class AskView(AsyncAPIView):
         )
 
 
-class CompleteView(AsyncAPIView):
+class CompleteView(ConnectionReleasing, AsyncAPIView):
     """`POST /api/complete`: the reply as plain text, streamed as it is generated."""
 
     content_negotiation_class = StreamFriendlyNegotiation

@@ -19,12 +19,13 @@ import contextlib
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import AsyncToSync, ThreadSensitiveContext
 from django.conf import settings
 
 from chatapi.db import db_work
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 # How often a reader with nothing to read checks that the reply is still being generated somewhere.
 READER_CHECK_SECONDS = 1.0
+# Replies of dead workers ended per keeper tick, at most.
+REAP_PER_TICK = 50
 
 
 class InternalError(ApplicationError):
@@ -70,11 +73,15 @@ class Generation:
 
     finishing: bool = False  # the backend is done with: what is left is storing it, which nothing stops
 
+    started: bool = False  # its task has begun (a task cancelled before that would never run its clean-up)
+
     def stop(self, ending: str) -> None:
         """Stop generating (the backend request is closed); the text so far is stored as `ending`."""
-        if self.task is not None and not self.task.done() and not self.finishing and self.stop_as is None:
-            self.stop_as = ending
-            self.task.cancel()
+        if self.task is None or self.task.done() or self.finishing or self.stop_as is not None:
+            return
+        self.stop_as = ending
+        if self.started:
+            self.task.cancel()  # else it sees stop_as when it begins
 
 
 # The generations this worker runs, by reply id.
@@ -96,9 +103,14 @@ async def generation_begin(
         reply = services.reply_begin(job=job)
         return job, reply, MessageOutput(job.request).data if job.request_is_new else None
 
-    job, reply, request_data = await db_work(stored)()
-    job.api_key_id = api_key_id
-    return await generation_start(job, request_data=request_data), reply
+    async def begin() -> tuple[Generation, Message]:
+        job, reply, request_data = await db_work(stored)()
+        job.api_key_id = api_key_id
+        return await generation_start(job, request_data=request_data), reply
+
+    # Shielded: a client that goes away while its prompt is being stored does not leave a reply stored
+    # in progress that nothing generates.
+    return await asyncio.shield(begin())
 
 
 async def generation_start(job: ReplyJob, *, request_data: dict[str, Any] | None) -> Generation:
@@ -114,16 +126,31 @@ async def generation_start(job: ReplyJob, *, request_data: dict[str, Any] | None
     }
     await log.publish(generation.reply_id, "created", created)
     _running[generation.reply_id] = generation
-    # A task outside the request's thread context (which ends with the request): a context of its own,
-    # so that its database work runs in a thread of its own too.
     generation.task = asyncio.get_running_loop().create_task(_run_in_own_context(generation))
     _ensure_keeper()
     return generation
 
 
-async def _run_in_own_context(generation: Generation) -> None:
+@contextlib.asynccontextmanager
+async def own_thread() -> AsyncIterator[None]:
+    """A thread of its own for the database work of a task that outlives the request that started it: the
+    request's thread context ends with the request. Under a synchronous caller (Django's test client runs
+    an async view in async_to_sync) the caller's thread does the work, as it does the request's."""
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        yield
+        return
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatapi-generation")
     try:
-        async with ThreadSensitiveContext():
+        async with ThreadSensitiveContext(executor=executor):
+            yield
+    finally:
+        executor.shutdown(wait=False)
+
+
+async def _run_in_own_context(generation: Generation) -> None:
+    generation.started = True
+    try:
+        async with own_thread():
             await _run(generation)
     finally:
         _running.pop(generation.reply_id, None)
@@ -138,6 +165,8 @@ async def _run(generation: Generation) -> None:
     model = job.model
     failure: ApplicationError | None = None
     try:
+        if generation.stop_as is not None:  # stopped before it began
+            raise asyncio.CancelledError
         async with aclosing(_pieces(job)) as pieces:
             async for item in pieces:
                 if isinstance(item, llm.StreamChunk):
@@ -287,6 +316,7 @@ async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Even
     if settings.REDIS_URL and reply.status == Message.Status.IN_PROGRESS and running(rid) is None:
         # Generated elsewhere, and just started, maybe: its first events reach Redis within a flush (20 ms).
         await _until_logged(rid)
+    seen = after  # the id of the last event given
     try:
         async with aclosing(log.read(rid, after=after, heartbeat=READER_CHECK_SECONDS)) as events:
             async for event in events:
@@ -295,15 +325,17 @@ async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Even
                     # have died (or, here, its task ended without its last event: a bug).
                     current = await db_work(_reply_get)(reply.pk)
                     if current is None or current.status != Message.Status.IN_PROGRESS:
-                        async for last in _from_database(current or reply, rid, after):
+                        async for last in _from_database(current or reply, rid, seen):
                             yield last
                         return
                 yield event
-                if event is not None and event.name in TERMINAL:
-                    return
+                if event is not None:
+                    seen = event.seq
+                    if event.name in TERMINAL:
+                        return
     except LogMissing:
         current = await db_work(_reply_get)(reply.pk)
-        async for last in _from_database(current or reply, rid, after):
+        async for last in _from_database(current or reply, rid, seen):
             yield last
     except LogUnavailable as exc:
         logger.warning("The event log of reply %s cannot be read: %s", rid, exc)
@@ -311,7 +343,7 @@ async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Even
             "The reply's event stream is unavailable; it is still stored when it ends.", code="event_log_unavailable"
         )
         error.status_code, error.type = 503, "server_error"
-        yield Event(seq=after + 1, name="error", data=error_event(error, rid))
+        yield Event(seq=seen + 1, name="error", data=error_event(error, rid))
 
 
 async def _until_logged(rid: str, wait: float = 1.0) -> None:
@@ -373,7 +405,11 @@ async def generation_cancel(reply: Message) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(local.outcome)
         return
-    await event_log().request_cancel(rid)
+    try:
+        await event_log().request_cancel(rid)
+    except LogUnavailable:  # Redis is down: no worker can be told, so the reply ends here
+        await db_work(services.reply_end_abandoned)(reply_id=reply.pk, ending="cancelled")
+        return
     try:
         async with asyncio.timeout(CANCEL_WAIT_SECONDS):
             async with aclosing(reply_events(reply, after=0)) as events:
@@ -402,7 +438,7 @@ async def _logged(rid: str) -> tuple[str | None, int | None]:
     text: list[str] = []
     last = 0
     try:
-        async with aclosing(log.read(rid, after=0, heartbeat=0.05)) as events:
+        async with aclosing(log.read(rid, after=0, heartbeat=0.01)) as events:
             async for event in events:
                 if event is None or event.name in TERMINAL:
                     break
@@ -444,7 +480,7 @@ def _keep_interval() -> float:
 
 async def _keep() -> None:
     failing = False
-    async with ThreadSensitiveContext():
+    async with own_thread():
         while True:
             await asyncio.sleep(_keep_interval())
             try:
@@ -462,7 +498,8 @@ async def _keep() -> None:
 
 
 async def _reap() -> None:
-    for reply_id in await db_work(services.replies_expired)():
+    # A bounded number a tick, so that renewing this worker's own leases never waits behind a long reaping.
+    for reply_id in (await db_work(services.replies_expired)())[:REAP_PER_TICK]:
         if running(reply_id) is not None:
             continue  # ours, and alive (its lease renewal was late)
         text, last_event_id = await _logged(str(reply_id))

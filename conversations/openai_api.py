@@ -27,7 +27,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import AuthenticatedRequest
 from accounts.services import api_key_usage_record
-from chatapi.db import db_work
+from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, event_stream
@@ -85,7 +85,7 @@ def _as_openai_error(exc: Exception) -> Exception:
         # The backend refused the request itself (context too long, a bad response_format, …): a client
         # error, and the backend's own words are the useful part, as they would be from OpenAI.
         message = str(exc.details.get("backend_message") or exc.message)
-        exc = InvalidRequest(message, code="backend_rejected_request")
+        exc = InvalidRequest(message, code="backend_rejected_request", headers=exc.headers)
     return exc
 
 
@@ -193,6 +193,12 @@ def _usage_dict(usage: llm.Usage) -> dict[str, int]:
     }
 
 
+def _finish_reason(finish_details: str | None) -> str:
+    """OpenAI's finish_reason for a stored reply: `length` when cut at its limit, else `stop` (a cancelled
+    reply stopped too; OpenAI has no word for it)."""
+    return "length" if finish_details == Message.Finish.LENGTH else "stop"
+
+
 def _completion_from_reply(reply: Message) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{reply.pk.hex}",
@@ -204,7 +210,7 @@ def _completion_from_reply(reply: Message) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": reply.content, "refusal": None},
                 "logprobs": None,
-                "finish_reason": reply.finish_details,
+                "finish_reason": _finish_reason(reply.finish_details),
             }
         ],
         "usage": {
@@ -309,7 +315,7 @@ async def stateful_chunks(
                     yield _data({**base, "choices": [piece]})
                 elif event.name == "completed":
                     stored = event.data["response"]
-                    finish = {"index": 0, "delta": {}, "finish_reason": stored["finish_details"]}
+                    finish = {"index": 0, "delta": {}, "finish_reason": _finish_reason(stored["finish_details"])}
                     yield _data({**base, "model": stored["model"], "choices": [finish]})
                     if include_usage and stored["usage"] is not None:
                         yield _data({**base, "model": stored["model"], "choices": [], "usage": stored["usage"]})
@@ -454,7 +460,7 @@ CHAT_COMPLETION_200 = (
 )
 
 
-class ChatCompletionsView(_OpenAIView, AsyncAPIView):
+class ChatCompletionsView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_chat_completions",
         request=ChatCompletionRequest,

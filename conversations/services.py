@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import api_key_usage_record
-from chatapi.errors import BackendError, Conflict, InvalidRequest, NotFound
+from chatapi.errors import ApplicationError, BackendError, Conflict, InvalidRequest, NotFound
 from conversations import llm
 from conversations.models import Conversation, Message
 from conversations.selectors import (
@@ -239,8 +239,13 @@ def reply_finish(
     now = timezone.now()
     conversation = job.conversation
     with transaction.atomic():
-        _lock(conversation)
-        stored = Message.objects.filter(pk=job.reply_id, status=Message.Status.IN_PROGRESS).update(
+        try:
+            _lock(conversation)
+        except NotFound as exc:
+            deleted: ApplicationError | None = exc
+        else:
+            deleted = None
+        stored = not deleted and Message.objects.filter(pk=job.reply_id, status=Message.Status.IN_PROGRESS).update(
             content=content,
             model=model,
             status=status,
@@ -252,21 +257,25 @@ def reply_finish(
             completion_tokens=usage.completion_tokens if usage else None,
             total_tokens=usage.total_tokens if usage else None,
         )
-        if not stored:
-            raise Conflict(
-                "The reply was deleted, or ended elsewhere, while it was generated; it was not stored.",
-                code="concurrent_change",
-            )
         if usage is not None and job.api_key_id is not None:
+            # Counted whatever became of the reply meanwhile: the backend did the work.
             api_key_usage_record(
                 api_key_id=job.api_key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
             )
-        fields = ["updated_at"]
-        conversation.updated_at = now
-        if status == Message.Status.FAILED and conversation.current_node_id == job.reply_id:
-            conversation.current_node_id = job.request.pk
-            fields.append("current_node")
-        conversation.save(update_fields=fields)
+        if stored:
+            fields = ["updated_at"]
+            conversation.updated_at = now
+            if status == Message.Status.FAILED and conversation.current_node_id == job.reply_id:
+                conversation.current_node_id = job.request.pk
+                fields.append("current_node")
+            conversation.save(update_fields=fields)
+    if deleted is not None:
+        raise deleted
+    if not stored:
+        raise Conflict(
+            "The reply was deleted, or ended elsewhere, while it was generated; it was not stored.",
+            code="concurrent_change",
+        )
     return Message.objects.get(pk=job.reply_id)
 
 
@@ -384,6 +393,15 @@ def conversation_ask_prepare(
             parent = _message_at(conversation, parent_id, param="parent_id")
         else:
             parent = _message_at(conversation, conversation.current_node_id)
+        if parent is not None and parent.status == Message.Status.IN_PROGRESS:
+            # Asking on top of a reply still being written would send the model half an answer (a client
+            # retrying a request it gave up on does exactly that).
+            raise Conflict(
+                "The reply this would follow is still being generated: wait for it, cancel it, or ask from an "
+                "earlier message (parent_id).",
+                code="reply_in_progress",
+                details={"message_id": str(parent.pk)},
+            )
         now = timezone.now()
         request = Message(
             conversation=conversation,

@@ -60,9 +60,8 @@ async def reply_sse(
                 yield frame(event)
     except Exception:  # a bug: the stream ends with an error event, next in the id sequence
         logger.exception("The event stream of reply %s failed", reply.pk)
-        yield frame(
-            Event(seq + 1, "error", error_body("Internal server error.", type="server_error", code="internal_error"))
-        )
+        body = error_body("Internal server error.", type="server_error", code="internal_error")
+        yield frame(Event(seq + 1, "error", {**body, "id": str(reply.pk)}))
     finally:
         if generation is not None and settings.CHATAPI_STOP_ON_DISCONNECT:
             generation.stop("interrupted")  # a no-op once it ended

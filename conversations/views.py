@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import AuthenticatedRequest
 from accounts.models import APIKey
-from chatapi.db import db_work
+from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import Conflict, InvalidRequest
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
@@ -107,8 +107,11 @@ def _after(request: Request, reply: Message) -> int:
     except ValueError:
         after = -1
     running = generations.running(reply.pk)
+    # The last event so far: known where the reply is generated here, or once it ended (else not checked).
     last = running.last_seq if running is not None else reply.last_event_id
-    if after < 0 or (last is not None and after > last and reply.status != Message.Status.IN_PROGRESS):
+    if reply.status == Message.Status.IN_PROGRESS and running is None:
+        last = None
+    if not 0 <= after < 2**53 or (last is not None and after > last):
         raise InvalidRequest(f"{param} {raw!r} is not an event id of this reply.", code="invalid_event_id", param=param)
     return after
 
@@ -290,7 +293,7 @@ class ConversationViewSet(viewsets.ViewSet):
         return Response(_conversation_detail(fork), status=status.HTTP_201_CREATED)
 
 
-class ReplyViewSet(AsyncViewSet):
+class ReplyViewSet(ConnectionReleasing, AsyncViewSet):
     """The conversation API's endpoints that wait for the model: async views, so a wait holds no thread.
     The prompt is validated and stored in a thread (Django's ORM is synchronous), then the reply is awaited."""
 

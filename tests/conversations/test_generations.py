@@ -232,3 +232,44 @@ def test_cancelling_a_user_message_is_a_409(http, backend):
     )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "not_in_progress"
+
+
+def test_asking_on_top_of_a_reply_still_being_generated_is_a_409(http, backend):
+    backend.hold()
+    response = start_stream(http)
+    created = next(e for e in read_events(response) if isinstance(e, Event))
+    cid = created.data["conversation_id"]
+    again = http.post(f"{http.base_url}/conversations/{cid}/ask", json={"prompt": "still there?"}, timeout=10)
+    assert again.status_code == 409
+    error = again.json()["error"]
+    assert (error["code"], error["details"]["message_id"]) == ("reply_in_progress", created.data["response_id"])
+    assert not Message.objects.filter(content="still there?").exists()
+    backend.release()
+    response.close()
+
+
+@pytest.mark.parametrize("last_event_id", ["50", str(2**70)])
+def test_an_event_id_past_the_last_of_a_reply_in_progress_is_400(http, backend, last_event_id):
+    backend.hold()
+    response = start_stream(http)
+    created = next(e for e in read_events(response) if isinstance(e, Event))
+    reply = {"conversation_id": created.data["conversation_id"], "id": created.data["response_id"]}
+    resumed = resume(http, reply, last_event_id=last_event_id)
+    assert resumed.status_code == 400
+    assert resumed.json()["error"]["code"] == "invalid_event_id"
+    backend.release()
+    response.close()
+
+
+def test_a_reply_whose_conversation_is_deleted_meanwhile_still_counts_its_tokens(http, backend, user):
+    from accounts.models import APIKey
+
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.02)
+    response = start_stream(http)
+    created = next(e for e in read_events(response) if isinstance(e, Event))
+    assert (
+        http.delete(f"{http.base_url}/conversations/{created.data['conversation_id']}", timeout=10).status_code == 204
+    )
+    assert wait_until(lambda: APIKey.objects.filter(user=user, total_tokens__gt=0).exists())
+    response.close()

@@ -359,3 +359,15 @@ def test_a_stream_failing_before_its_first_chunk_raises_the_sdks_error_class(sdk
     if stateful:  # the turn is kept, and the answer says where
         assert Message.objects.filter(content="y", role="user").exists()
         assert failed.value.response.headers["x-conversation-id"]
+
+
+def test_a_stored_turn_the_backend_refuses_still_names_its_conversation(sdk, backend):
+    backend.fail(400)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(
+            model="test-model",
+            messages=[{"role": "user", "content": "kept anyway"}],
+            extra_headers={"X-Conversation-Id": "new"},
+        )
+    conversation_id = refused.value.response.headers["x-conversation-id"]
+    assert Message.objects.filter(conversation_id=conversation_id, content="kept anyway").exists()
