@@ -18,6 +18,12 @@ from chatapi.errors import not_found_view
 from chatapi.health import healthz, readyz
 from conversations.compat import AskView, CompleteView
 from conversations.openai_api import ChatCompletionsView, ModelDetailView, ModelListView
+from conversations.responses_api import (
+    ResponseCancelView,
+    ResponseDetailView,
+    ResponseInputItemsView,
+    ResponsesView,
+)
 from conversations.views import ConversationViewSet, ReplyViewSet
 
 handler400 = "chatapi.errors.bad_request_view"
@@ -37,6 +43,7 @@ replies = ReplyViewSet.as_view
 keys = APIKeyViewSet.as_view
 CONV = ID.format("conversation_id")
 MSG = ID.format("message_id")
+RESP = ID.format("response_id")
 
 urlpatterns = [
     api_route("conversations", conversations({"get": "list", "post": "create"}), "conversation-list"),
@@ -64,6 +71,10 @@ urlpatterns = [
     api_route("api/ask", AskView.as_view(), "compat-ask"),
     api_route("v1/chat/completions", ChatCompletionsView.as_view(), "openai-chat-completions"),
     api_route("v1/models", ModelListView.as_view(), "openai-models"),
+    api_route("v1/responses", ResponsesView.as_view(), "openai-responses"),
+    api_route(rf"v1/responses/{RESP}", ResponseDetailView.as_view(), "openai-response"),
+    api_route(rf"v1/responses/{RESP}/cancel", ResponseCancelView.as_view(), "openai-response-cancel"),
+    api_route(rf"v1/responses/{RESP}/input_items", ResponseInputItemsView.as_view(), "openai-response-input-items"),
     api_route(r"v1/models/(?P<model>.+?)", ModelDetailView.as_view(), "openai-model"),  # ids may hold "/"
     api_route("healthz", healthz, "healthz"),
     api_route("readyz", readyz, "readyz"),

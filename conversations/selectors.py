@@ -184,3 +184,38 @@ def conversation_message_count(*, conversation: Conversation) -> int:
 
 def conversation_latest_for_origin(*, user: User, origin: str) -> Conversation | None:
     return Conversation.objects.filter(owner=user, origin=origin).order_by("-updated_at").first()
+
+
+def reply_get_for_user(*, user: User, reply_id: uuid.UUID | None) -> Message:
+    """The user's assistant message `reply_id`, with its conversation; anything else is a 404 (OpenAI's
+    words: a response is a reply)."""
+    reply = (
+        Message.objects.select_related("conversation")
+        .filter(pk=reply_id, conversation__owner=user, role=Message.Role.ASSISTANT)
+        .first()
+        if reply_id is not None
+        else None
+    )
+    if reply is None:
+        raise NotFound("Response not found.", code="response_not_found")
+    return reply
+
+
+def message_turn_get(*, reply: Message) -> list[Message]:
+    """The turn that led to `reply`: the messages above it up to and including the assistant message it
+    follows (if any), oldest first, then the reply. One query, which stops at that assistant message, so its
+    cost does not grow with the depth of the branch."""
+    table = Message._meta.db_table
+    rows = Message.objects.raw(
+        f"""
+        WITH RECURSIVE turn(id, parent_id, role, n) AS (
+            SELECT id, parent_id, role, 0 FROM {table} WHERE id = %s
+            UNION ALL
+            SELECT m.id, m.parent_id, m.role, t.n + 1 FROM {table} m JOIN turn t ON m.id = t.parent_id
+            WHERE t.n = 0 OR t.role <> %s
+        )
+        SELECT * FROM {table} WHERE id IN (SELECT id FROM turn)
+        """,
+        [_pk_param(reply.pk), Message.Role.ASSISTANT],
+    )
+    return sorted(rows, key=lambda m: m.depth)

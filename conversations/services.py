@@ -532,6 +532,125 @@ def openai_turn_prepare(
     return _job(conversation=conversation, request=added[-1], model=model, autocontinue=False, new=True, params=params)
 
 
+@dataclass
+class TurnInput:
+    """One message of a Responses API turn: its role (system, user or assistant) and its text."""
+
+    role: str
+    text: str
+
+
+def responses_turn_prepare(
+    *,
+    owner: User,
+    turn: list[TurnInput],
+    model: str,
+    params: dict[str, Any],
+    previous_id: uuid.UUID | None = None,
+    conversation_id: uuid.UUID | None = None,
+    fit: bool = True,
+) -> ReplyJob:
+    """`POST /v1/responses`: store a turn (its instructions and input, oldest first) after the message
+    `previous_id` (a branch), after the current node of `conversation_id`, or in a new conversation.
+
+    The reply answers the turn's last message, which must be the user's. With `fit=False` (OpenAI's
+    `truncation: "disabled"`) a branch that does not fit in the model's context is a 400
+    `context_length_exceeded` and nothing is stored, instead of leaving its earlier messages out.
+    """
+    if not turn or turn[-1].role != Message.Role.USER:
+        raise InvalidRequest("The input must end with a user message.", param="input")
+    with transaction.atomic():
+        if previous_id is not None:
+            parent = (
+                Message.objects.select_related("conversation")
+                .filter(pk=previous_id, conversation__owner=owner, role=Message.Role.ASSISTANT)
+                .first()
+            )
+            if parent is None:
+                raise NotFound(
+                    f"Previous response with id 'resp_{previous_id.hex}' not found.",
+                    code="previous_response_not_found",
+                    param="previous_response_id",
+                )
+            conversation = parent.conversation
+            _lock(conversation)
+        elif conversation_id is not None:
+            conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
+            _lock(conversation)
+            parent = _message_at(conversation, conversation.current_node_id)
+        else:
+            conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.OPENAI)
+            parent = None
+        now = timezone.now()
+        added = []
+        for item in turn:
+            parent = Message(
+                conversation=conversation,
+                parent=parent,
+                depth=parent.depth + 1 if parent else 0,
+                token_count=llm.estimate_tokens(item.text),
+                role=item.role,
+                content=item.text,
+                finish_details=Message.Finish.STOP if item.role == Message.Role.ASSISTANT else None,
+                created_at=now,
+            )
+            added.append(parent)
+            now += timedelta(microseconds=1)  # keeps them in order
+        Message.objects.bulk_create(added)
+        if not conversation.title:
+            conversation.title = title_from_prompt(turn[-1].text)
+            conversation.save(update_fields=["title"])
+        job = _job(
+            conversation=conversation, request=added[-1], model=model, autocontinue=False, new=True, params=params
+        )
+        if not fit:
+            budget = context_budget(model=model, system_prompt=conversation.system_prompt, params=params)
+            if job.left_out > 0 or added[-1].token_count > budget:
+                # Raised inside the transaction: nothing of the turn is stored.
+                raise InvalidRequest(
+                    f"The conversation does not fit in the model's context window ({budget} tokens), and "
+                    "truncation is disabled.",
+                    code="context_length_exceeded",
+                    param="input",
+                )
+    return job
+
+
+def responses_context(
+    *,
+    owner: User,
+    turn: list[TurnInput],
+    previous_id: uuid.UUID | None = None,
+    conversation_id: uuid.UUID | None = None,
+) -> llm.ChatMessages:
+    """`POST /v1/responses` with `store: false`: what the model sees (the branch the turn follows, then the
+    turn), read and sent without storing anything."""
+    path: list[Message] = []
+    system_prompt = ""
+    if previous_id is not None:
+        previous = (
+            Message.objects.filter(pk=previous_id, conversation__owner=owner, role=Message.Role.ASSISTANT)
+            .select_related("conversation")
+            .first()
+        )
+        if previous is None:
+            raise NotFound(
+                f"Previous response with id 'resp_{previous_id.hex}' not found.",
+                code="previous_response_not_found",
+                param="previous_response_id",
+            )
+        system_prompt = previous.conversation.system_prompt
+        path = message_path_get(conversation=previous.conversation, leaf_id=previous.pk)
+    elif conversation_id is not None:
+        conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
+        system_prompt = conversation.system_prompt
+        path = message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
+    messages: llm.ChatMessages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.extend({"role": m.role, "content": m.content} for m in path)
+    messages.extend({"role": item.role, "content": item.text} for item in turn)
+    return messages
+
+
 def message_regenerate_prepare(
     *, conversation: Conversation, message: Message, model: str | None = None, autocontinue: bool = False
 ) -> ReplyJob:
