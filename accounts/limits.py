@@ -29,9 +29,9 @@ from typing import Any, Protocol
 
 import redis.asyncio
 from django.conf import settings
-from django.http import HttpResponseBase
 from redis.exceptions import RedisError
 from rest_framework.request import Request
+from rest_framework.response import Response
 
 from accounts.models import APIKey, BudgetPeriod
 from chatapi.errors import RateLimited
@@ -378,9 +378,7 @@ async def limit_admit(request: Request) -> Slot | None:
 class LimitHeadersMixin:
     """For the views that call the model: their answers carry the `x-ratelimit-*` headers limit_admit made."""
 
-    def finalize_response(
-        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
         for name, value in getattr(request, "limit_headers", {}).items():
             response.setdefault(name, value)

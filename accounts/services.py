@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from accounts.limits import minute_start, period_start
+from accounts import limits as key_limits  # a module: accounts.limits imports DRF, whose settings import us
 from accounts.models import KEY_PREFIX, LIMIT_FIELDS, APIKey, BudgetPeriod, User
 from accounts.selectors import api_key_get_by_lookup_id
 from chatapi.errors import InvalidRequest
@@ -211,11 +211,11 @@ def api_key_usage_record(*, api_key_id: uuid.UUID, prompt_tokens: int, completio
     UPDATE (no read, no race): a window that has passed starts again from this reply."""
     tokens = prompt_tokens + completion_tokens
     now = timezone.now()
-    minute = minute_start(now)
+    minute = key_limits.minute_start(now)
     # The start of the key's current budget period, whichever period it has.
     period = Case(
-        *(When(budget_period=p, then=Value(period_start(p, now))) for p in BudgetPeriod.values),
-        default=Value(period_start(BudgetPeriod.TOTAL, now)),
+        *(When(budget_period=p, then=Value(key_limits.period_start(p, now))) for p in BudgetPeriod.values),
+        default=Value(key_limits.period_start(BudgetPeriod.TOTAL, now)),
     )
     APIKey.objects.filter(pk=api_key_id).update(
         request_count=F("request_count") + 1,

@@ -16,6 +16,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.authentication import AuthenticatedRequest
+from accounts.limits import LimitHeadersMixin, limit_admit
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import PromptField
 from chatapi.negotiation import StreamFriendlyNegotiation
@@ -64,7 +65,7 @@ COMPAT_ERRORS = {
 }
 
 
-class AskView(AsyncAPIView):
+class AskView(LimitHeadersMixin, AsyncAPIView):
     """`POST /api/ask`: one exchange, answered whole; threads are chained through `response_id`."""
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
@@ -87,8 +88,9 @@ class AskView(AsyncAPIView):
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         fields = serializer.validated_data
+        slot = await limit_admit(request)
         generation, _ = await generations.generation_begin(
-            lambda: services.compat_ask_prepare(owner=request.user, **fields), api_key_id=api_key_id(request)
+            lambda: services.compat_ask_prepare(owner=request.user, **fields), api_key_id=api_key_id(request), slot=slot
         )
         reply = await generations.generation_outcome(generation)
         return Response(
@@ -102,7 +104,7 @@ class AskView(AsyncAPIView):
         )
 
 
-class CompleteView(AsyncAPIView):
+class CompleteView(LimitHeadersMixin, AsyncAPIView):
     """`POST /api/complete`: the reply as plain text, streamed as it is generated."""
 
     content_negotiation_class = StreamFriendlyNegotiation
@@ -124,8 +126,11 @@ class CompleteView(AsyncAPIView):
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         content = serializer.validated_data["content"]
+        slot = await limit_admit(request)
         generation, reply = await generations.generation_begin(
-            lambda: services.complete_prepare(owner=request.user, content=content), api_key_id=api_key_id(request)
+            lambda: services.complete_prepare(owner=request.user, content=content),
+            api_key_id=api_key_id(request),
+            slot=slot,
         )
         first, rest = await streaming.first_event(reply)
         if first.name == "error":  # nothing generated: an ordinary error answer, with its status

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import AuthenticatedRequest
+from accounts.limits import LimitHeadersMixin, limit_admit
 from accounts.models import APIKey
 from chatapi.db import db_work
 from chatapi.errors import Conflict, InvalidRequest
@@ -86,8 +87,9 @@ async def _reply(
     (201) once it is done, or at once with its events (server-sent events)."""
     request = view.request
     stream = _wants_stream(request, data)
+    slot = await limit_admit(request)  # a refused request (429) stores nothing and calls nothing
     generation, reply = await generations.generation_begin(
-        lambda: prepare(**kwargs, **data), api_key_id=api_key_id(request)
+        lambda: prepare(**kwargs, **data), api_key_id=api_key_id(request), slot=slot
     )
     if not stream:
         reply = await generations.generation_outcome(generation)
@@ -289,7 +291,7 @@ class ConversationViewSet(viewsets.ViewSet):
         return Response(_conversation_detail(fork), status=status.HTTP_201_CREATED)
 
 
-class ReplyViewSet(AsyncViewSet):
+class ReplyViewSet(LimitHeadersMixin, AsyncViewSet):
     """The conversation API's endpoints that wait for the model: async views, so a wait holds no thread.
     The prompt is validated and stored in a thread (Django's ORM is synchronous), then the reply is awaited."""
 
