@@ -100,3 +100,30 @@ class APIKey(models.Model):
     @property
     def is_usable(self) -> bool:
         return not self.is_revoked and not self.is_expired()
+
+
+class IdempotencyRecord(models.Model):
+    """What a `POST` with an `Idempotency-Key` did, so that a repeat gets the same answer without doing it again.
+    The unique constraint makes two concurrent first requests with one key impossible to both carry out."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        DONE = "done"
+        STREAMED = "streamed"
+
+    api_key = models.ForeignKey(APIKey, on_delete=models.CASCADE, related_name="idempotency_records")
+    key = models.CharField(max_length=255, help_text="The client's Idempotency-Key.")
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the method, path and body.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    body = models.JSONField(null=True, blank=True, help_text="The answer's body, as data (rendered again on repeats).")
+    headers = models.JSONField(default=dict, blank=True)
+    reply_id = models.UUIDField(null=True, blank=True, help_text="A streamed answer: the reply whose events it sent.")
+    created_at = models.DateTimeField(default=timezone.now, help_text="Kept 24 hours from this time.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="idempotency_key_per_api_key_uniq")]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.state})"

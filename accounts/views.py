@@ -12,6 +12,7 @@ from accounts.authentication import AuthenticatedRequest
 from accounts.models import LIMIT_FIELDS, APIKey
 from accounts.serializers import APIKeyCreatedOutput, APIKeyCreateInput, APIKeyOutput
 from chatapi.errors import NotFound
+from chatapi.idempotency import idempotent
 from chatapi.ids import parse_uuid
 from chatapi.schema import ERROR_RESPONSES
 
@@ -30,6 +31,7 @@ class APIKeyViewSet(viewsets.ViewSet):
         responses={201: APIKeyCreatedOutput, **ERROR_RESPONSES},
         description="Make a key. The response holds the full key; it is never shown again.",
     )
+    @idempotent(secret=("key",))
     def create(self, request: AuthenticatedRequest) -> Response:
         serializer = APIKeyCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)

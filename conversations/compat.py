@@ -19,6 +19,7 @@ from accounts.authentication import AuthenticatedRequest
 from accounts.limits import LimitHeadersMixin, limit_admit
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import PromptField
+from chatapi.idempotency import idempotent
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT
 from conversations import generations, services, streaming
@@ -84,6 +85,7 @@ class AskView(LimitHeadersMixin, AsyncAPIView):
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."
         ),
     )
+    @idempotent()
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)

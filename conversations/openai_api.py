@@ -30,6 +30,7 @@ from accounts.limits import LimitHeadersMixin, Slot, limit_admit
 from accounts.services import api_key_usage_record
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
+from chatapi.idempotency import idempotent
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, event_stream
 from conversations import generations, llm, services, streaming
@@ -499,6 +500,7 @@ class ChatCompletionsView(LimitHeadersMixin, _OpenAIView, AsyncAPIView):
             "answers with the header `X-Conversation-Id`."
         ),
     )
+    @idempotent()
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         model, messages, params, stream, include_usage = validate_request(request.data)
         key_id = api_key_id(request)

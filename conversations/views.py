@@ -21,6 +21,7 @@ from accounts.limits import LimitHeadersMixin, limit_admit
 from accounts.models import APIKey
 from chatapi.db import db_work
 from chatapi.errors import Conflict, InvalidRequest
+from chatapi.idempotency import idempotent, mark_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
 from conversations import generations, selectors, services, streaming
@@ -94,9 +95,16 @@ async def _reply(
     if not stream:
         reply = await generations.generation_outcome(generation)
         return Response({"response": ReplyOutput(reply).data}, status=status.HTTP_201_CREATED)
+    mark_reply(request, reply.pk)  # a repeat with its Idempotency-Key gets this reply's events
     return streaming.stream_response(
         streaming.reply_sse(reply, generation=generation), content_type="text/event-stream"
     )
+
+
+async def _replay(request: Request, reply_id: uuid.UUID) -> HttpResponseBase:
+    """A repeat of a streamed ask (same Idempotency-Key): its reply's events from the start."""
+    reply = await db_work(Message.objects.get)(pk=reply_id)
+    return streaming.stream_response(streaming.reply_sse(reply, after=0), content_type="text/event-stream")
 
 
 def _after(request: Request, reply: Message) -> int:
@@ -284,6 +292,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={201: ConversationOutput, **ERROR_RESPONSES},
         description="A new conversation holding a copy of the path root→`message_id` (default: current_node).",
     )
+    @idempotent()
     def fork(self, request: AuthenticatedRequest, conversation_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         data = _validated(ForkInput, request.data)
@@ -306,6 +315,7 @@ class ReplyViewSet(LimitHeadersMixin, AsyncViewSet):
             "`response.request_id` is the stored user message."
         ),
     )
+    @idempotent(replay_stream=_replay)
     async def new(self, request: AuthenticatedRequest) -> HttpResponseBase:
         data = _validated(ConversationNewInput, request.data)
         return await _reply(self, data, services.conversation_start_prepare, owner=request.user)
@@ -321,6 +331,7 @@ class ReplyViewSet(LimitHeadersMixin, AsyncViewSet):
             "`error.details.message_id`."
         ),
     )
+    @idempotent(replay_stream=_replay)
     async def ask(self, request: AuthenticatedRequest, conversation_id: str) -> HttpResponseBase:
         data = _validated(AskInput, request.data)
 
@@ -337,6 +348,7 @@ class ReplyViewSet(LimitHeadersMixin, AsyncViewSet):
         responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description="A new reply: a sibling of an assistant message, or a new child of a user message.",
     )
+    @idempotent(replay_stream=_replay)
     async def regenerate(
         self, request: AuthenticatedRequest, conversation_id: str, message_id: str
     ) -> HttpResponseBase:
