@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
 from accounts import selectors, services
-from accounts.models import APIKey, User
+from accounts.models import LIMIT_FIELDS, APIKey, User
 from chatapi.admin_mixins import ReadOnlyInlineMixin
 
 if TYPE_CHECKING:
@@ -90,17 +90,21 @@ class APIKeyAddForm(forms.ModelForm):
 
     class Meta:
         model = APIKey
-        fields = ("user", "name")
+        fields = ("user", "name", *LIMIT_FIELDS)
 
 
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
     add_form = APIKeyAddForm
-    add_fieldsets = ((None, {"fields": ("user", "name", "expires_in_days")}),)
+    add_fieldsets = (
+        (None, {"fields": ("user", "name", "expires_in_days")}),
+        ("Limits (empty: the server's defaults; 0: none)", {"fields": LIMIT_FIELDS}),
+    )
     fieldsets = (
         (None, {"fields": ("user", "name", "prefix", "status")}),
+        ("Limits (empty or 0: none)", {"fields": LIMIT_FIELDS}),
         ("Dates", {"fields": ("created_at", "last_used_at", "expires_at", "revoked_at")}),
-        ("Usage", {"fields": ("request_count", "prompt_tokens", "completion_tokens", "total_tokens")}),
+        ("Usage", {"fields": ("request_count", "prompt_tokens", "completion_tokens", "total_tokens", "standing")}),
     )
     list_display = ("prefix", "user", "name", "created_at", "last_used_at", "expires_at", "status", "total_tokens")
     list_filter = (APIKeyStatusFilter, "created_at", "last_used_at", "expires_at")
@@ -115,10 +119,20 @@ class APIKeyAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: APIKey | None = None) -> Any:
         return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
 
+    @admin.display(description="standing")
+    def standing(self, obj: APIKey) -> str:
+        standing = selectors.api_key_standing(api_key=obj)
+        resets = standing["budget_resets_at"]
+        budget = f"{standing['budget_tokens_used']} tokens used in this budget period"
+        if resets:
+            budget += f" (resets {resets:%Y-%m-%d %H:%M %Z})"
+        return f"{budget}; {standing['tokens_this_minute']} this minute"
+
     def get_readonly_fields(self, request: HttpRequest, obj: APIKey | None = None) -> Any:
         if obj is None:
             return ()
-        return [field for _, options in self.fieldsets for field in options["fields"]]
+        # Only the limits can be changed; the rest of a key is fixed when it is made.
+        return [field for _, options in self.fieldsets for field in options["fields"] if field not in LIMIT_FIELDS]
 
     def get_form(self, request: HttpRequest, obj: APIKey | None = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -126,19 +140,23 @@ class APIKeyAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, change=change, **kwargs)
 
     def has_change_permission(self, request: HttpRequest, obj: APIKey | None = None) -> bool:
-        # A key is never edited (the change page is view-only), but change permission still allows revoking.
-        return obj is None and super().has_change_permission(request)
+        # Only a key's limits are edited (see get_readonly_fields); change permission also allows revoking.
+        return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: APIKey | None = None) -> bool:
         return False  # revoked, never deleted, so that usage stays attributable
 
     def save_model(self, request: HttpRequest, obj: APIKey, form: forms.ModelForm, change: bool) -> None:
-        if change:  # unreachable: the change page is view-only
+        if change:
+            limits = {field: form.cleaned_data.get(field) for field in LIMIT_FIELDS if field in form.changed_data}
+            services.api_key_update(api_key=obj, limits=limits)
             return
+        given = {field: form.cleaned_data.get(field) for field in LIMIT_FIELDS}
         api_key, raw_key = services.api_key_create(
             user=form.cleaned_data["user"],
             name=form.cleaned_data["name"],
             expires_in_days=form.cleaned_data["expires_in_days"],
+            limits={field: value for field, value in given.items() if value not in (None, "")},
         )
         # The admin goes on with `obj` (log entry, redirect): make it the key the service made.
         for field in APIKey._meta.concrete_fields:

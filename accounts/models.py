@@ -16,6 +16,16 @@ class User(AbstractUser):
     """The service's user; custom from the first migration so it can grow without pain."""
 
 
+class BudgetPeriod(models.TextChoices):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "budget_tokens", "budget_period")
+
+
 class APIKey(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
@@ -40,6 +50,25 @@ class APIKey(models.Model):
     prompt_tokens = models.PositiveBigIntegerField(default=0, editable=False)
     completion_tokens = models.PositiveBigIntegerField(default=0, editable=False)
     total_tokens = models.PositiveBigIntegerField(default=0, editable=False)
+    # Limits (null: none). Requests a minute and generations in progress are counted in Redis (in the
+    # process without it); tokens are counted here, in the UPDATE that records each reply's usage.
+    rpm = models.PositiveIntegerField(null=True, blank=True, help_text="Requests a minute that call the model.")
+    tpm = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens a minute.")
+    max_parallel = models.PositiveIntegerField(null=True, blank=True, help_text="Generations in progress at once.")
+    budget_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens allowed per budget period (needs a budget period)."
+    )
+    budget_period = models.CharField(
+        max_length=8, blank=True, choices=BudgetPeriod.choices, help_text="The period the token budget is for."
+    )
+    tpm_window = models.DateTimeField(null=True, blank=True, editable=False, help_text="The minute tpm_used is of.")
+    tpm_used = models.PositiveBigIntegerField(default=0, editable=False, help_text="Tokens used in tpm_window.")
+    budget_window = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Start of the budget period budget_used is of."
+    )
+    budget_used = models.PositiveBigIntegerField(
+        default=0, editable=False, help_text="Tokens used in the budget period that started at budget_window."
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -61,5 +90,40 @@ class APIKey(models.Model):
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
     @property
+    def budget_period_or_none(self) -> str | None:
+        return self.budget_period or None
+
+    @property
+    def has_limits(self) -> bool:
+        return bool(self.rpm or self.tpm or self.max_parallel or self.budget_tokens)
+
+    @property
     def is_usable(self) -> bool:
         return not self.is_revoked and not self.is_expired()
+
+
+class IdempotencyRecord(models.Model):
+    """What a `POST` with an `Idempotency-Key` did, so that a repeat gets the same answer without doing it again.
+    The unique constraint makes two concurrent first requests with one key impossible to both carry out."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        DONE = "done"
+        STREAMED = "streamed"
+
+    api_key = models.ForeignKey(APIKey, on_delete=models.CASCADE, related_name="idempotency_records")
+    key = models.CharField(max_length=255, help_text="The client's Idempotency-Key.")
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the method, path and body.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_PROGRESS)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    body = models.JSONField(null=True, blank=True, help_text="The answer's body, as data (rendered again on repeats).")
+    headers = models.JSONField(default=dict, blank=True)
+    reply_id = models.UUIDField(null=True, blank=True, help_text="A streamed answer: the reply whose events it sent.")
+    created_at = models.DateTimeField(default=timezone.now, help_text="Kept 24 hours from this time.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="idempotency_key_per_api_key_uniq")]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.state})"

@@ -9,6 +9,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts import limits
 from accounts.models import KEY_PREFIX, APIKey, User
 from chatapi.ids import parse_uuid
 
@@ -74,6 +75,23 @@ def api_key_get_by_id_or_prefix(*, ident: str) -> APIKey | None:
     if not lookup_id:
         return None
     return APIKey.objects.select_related("user").filter(lookup_id=lookup_id).first()
+
+
+class KeyStanding(TypedDict):
+    budget_tokens_used: int
+    budget_resets_at: datetime | None
+    tokens_this_minute: int
+
+
+def api_key_standing(*, api_key: APIKey, now: datetime | None = None) -> KeyStanding:
+    """Where a key stands: tokens used in its budget period and when that ends, tokens this minute."""
+    now = now or timezone.now()
+    period = api_key.budget_period
+    return {
+        "budget_tokens_used": limits.budget_used(api_key, now) if period else 0,
+        "budget_resets_at": limits.period_end(period, now) if period and api_key.budget_tokens else None,
+        "tokens_this_minute": limits.tpm_used(api_key, now),
+    }
 
 
 class KeyCounts(TypedDict):

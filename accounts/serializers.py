@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from accounts.models import APIKey
+from accounts.selectors import api_key_standing
 from chatapi.fields import StrictCharField, StrictIntegerField
 
 
-class APIKeyCreateInput(serializers.Serializer):
+def _limit_field(help_text: str) -> StrictIntegerField:
+    return StrictIntegerField(required=False, allow_null=True, min_value=0, help_text=f"{help_text} 0: no limit.")
+
+
+class APIKeyLimitsInput(serializers.Serializer):
+    """Limits of a new key; one left out is the server's default, or the limit of the key making it (a
+    key is never looser than the key it was made with)."""
+
+    rpm = _limit_field("Requests a minute that call the model.")
+    tpm = _limit_field("Tokens a minute.")
+    max_parallel = _limit_field("Replies in progress at once.")
+    budget_tokens = _limit_field("Tokens per budget period.")
+    budget_period = serializers.ChoiceField(
+        choices=["day", "week", "month", "total"], required=False, help_text="The period of the token budget."
+    )
+
+
+class APIKeyCreateInput(APIKeyLimitsInput):
     name = StrictCharField(required=False, allow_blank=True, max_length=100, default="", trim_whitespace=True)
     expires_in_days = StrictIntegerField(
         required=False, allow_null=True, min_value=1, max_value=3650, default=None, help_text="Omit for no expiry."
     )
+
+
+class APIKeyLimitsOutput(serializers.Serializer):
+    rpm = serializers.IntegerField(allow_null=True)
+    tpm = serializers.IntegerField(allow_null=True)
+    max_parallel = serializers.IntegerField(allow_null=True)
+    budget_tokens = serializers.IntegerField(allow_null=True)
+    budget_period = serializers.CharField(allow_null=True, source="budget_period_or_none")
+
+
+class APIKeyStandingOutput(serializers.Serializer):
+    budget_tokens_used = serializers.IntegerField(help_text="Tokens used in the current budget period.")
+    budget_resets_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the budget period ends (null: no budget, or a `total` one)."
+    )
+    tokens_this_minute = serializers.IntegerField(help_text="Tokens used in the current minute (for tpm).")
 
 
 class APIKeyUsageOutput(serializers.Serializer):
@@ -30,7 +68,17 @@ class APIKeyOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
     usage = APIKeyUsageOutput(source="*", help_text="Token usage of the replies made with this key.")
+    limits = APIKeyLimitsOutput(source="*", help_text="The key's limits; null: none.")
+    standing = serializers.SerializerMethodField(help_text="Where the key stands against its token limits.")
+
+    @extend_schema_field(APIKeyStandingOutput)
+    def get_standing(self, api_key: APIKey) -> dict[str, Any]:
+        return APIKeyStandingOutput(api_key_standing(api_key=api_key)).data
 
 
 class APIKeyCreatedOutput(APIKeyOutput):
     key = serializers.CharField(help_text="The full key. It is shown this once and never again.")
+    tightened = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Limits left out of the request that were set to those of the key it was made with.",
+    )

@@ -11,10 +11,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from accounts.models import KEY_PREFIX, APIKey, User
+from accounts import limits as key_limits  # a module: accounts.limits imports DRF, whose settings import us
+from accounts.models import KEY_PREFIX, LIMIT_FIELDS, APIKey, BudgetPeriod, User
 from accounts.selectors import api_key_get_by_lookup_id
 from chatapi.errors import InvalidRequest
 
@@ -78,8 +79,92 @@ def user_create(
     return user
 
 
-def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = None) -> tuple[APIKey, str]:
-    """Make a key for `user`. The full key is returned here once and never stored."""
+# Limits as given to the services: a number (0: no limit) or a period; a limit left out is left as it is.
+Limits = dict[str, int | str | None]
+MAX_LIMIT = 2**31 - 1
+
+
+def _limits_clean(limits: Limits) -> dict[str, int | str | None]:
+    """`limits` as stored: 0 or None becomes None (no limit); a bad value is a 400 naming its field."""
+    cleaned: dict[str, int | str | None] = {}
+    for field, value in limits.items():
+        if field not in LIMIT_FIELDS:
+            raise InvalidRequest(f"Unknown limit {field!r}.", param=field)
+        if field == "budget_period":
+            if value not in (None, "", *BudgetPeriod.values):
+                raise InvalidRequest(
+                    f"budget_period must be one of {', '.join(BudgetPeriod.values)}.", param="budget_period"
+                )
+            cleaned[field] = value or ""
+            continue
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not value >= 0):
+            raise InvalidRequest(f"{field} must be a whole number, 0 for no limit.", param=field)
+        if value is not None and field != "budget_tokens" and value > MAX_LIMIT:
+            raise InvalidRequest(f"{field} must be at most {MAX_LIMIT}.", param=field)
+        cleaned[field] = value or None
+    return cleaned
+
+
+def _limits_default() -> dict[str, int | str | None]:
+    return _limits_clean(
+        {
+            "rpm": settings.CHATAPI_DEFAULT_RPM,
+            "tpm": settings.CHATAPI_DEFAULT_TPM,
+            "max_parallel": settings.CHATAPI_DEFAULT_MAX_PARALLEL,
+            "budget_tokens": settings.CHATAPI_DEFAULT_BUDGET_TOKENS,
+            "budget_period": settings.CHATAPI_DEFAULT_BUDGET_PERIOD,
+        }
+    )
+
+
+def _limits_check(api_key: APIKey) -> None:
+    if api_key.budget_tokens and not api_key.budget_period:
+        raise InvalidRequest("A token budget needs a budget_period.", param="budget_period")
+
+
+def _limits_within(limits: dict[str, int | str | None], maker: APIKey) -> list[str]:
+    """Tighten `limits` (in place) to the maker's key: a limit left out becomes the maker's (their names are
+    returned); a looser one, or none where the maker has one, is a 400 naming it."""
+    tightened = []
+    for field in ("rpm", "tpm", "max_parallel", "budget_tokens"):
+        ceiling = getattr(maker, field)
+        if ceiling is None:
+            continue
+        if field not in limits:
+            limits[field] = ceiling
+            tightened.append(field)
+            continue
+        value = limits[field]
+        if value is None or int(value) > ceiling:
+            raise InvalidRequest(
+                f"{field} may be at most {ceiling}, the limit of the key this request was made with.", param=field
+            )
+    if maker.budget_tokens:
+        period = limits.get("budget_period")
+        if not period:
+            limits["budget_period"] = maker.budget_period
+            if "budget_period" not in tightened:
+                tightened.append("budget_period")
+        elif period not in (maker.budget_period, BudgetPeriod.TOTAL):
+            raise InvalidRequest(
+                f"budget_period must be {maker.budget_period} (or total), the period of the key this request was "
+                "made with.",
+                param="budget_period",
+            )
+    return tightened
+
+
+def api_key_create(
+    *,
+    user: User,
+    name: str = "",
+    expires_in_days: int | None = None,
+    limits: Limits | None = None,
+    maker: APIKey | None = None,
+) -> tuple[APIKey, str]:
+    """Make a key for `user`. The full key is returned here once and never stored. `limits` override the
+    server-wide defaults (CHATAPI_DEFAULT_*); with `maker` (the key a user makes it with), the new key is
+    never looser than it: limits left out are the maker's (listed in `api_key.tightened`)."""
     if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRES_IN_DAYS:
         raise InvalidRequest(f"expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}.", param="expires_in_days")
     name = name.strip()
@@ -87,24 +172,60 @@ def api_key_create(*, user: User, name: str = "", expires_in_days: int | None = 
     if max_name_length is not None and len(name) > max_name_length:
         raise InvalidRequest(f"name must be at most {max_name_length} characters.", param="name")
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+    given = _limits_clean(limits or {})
+    tightened = _limits_within(given, maker) if maker is not None else []
+    chosen = {**_limits_default(), **given}
+    if not chosen["budget_tokens"] and "budget_period" not in given:
+        chosen["budget_period"] = ""
+    candidate = APIKey(**chosen)
+    _limits_check(candidate)
     for _ in range(5):
         lookup_id = secrets.token_hex(LOOKUP_ID_BYTES)
         if not APIKey.objects.filter(lookup_id=lookup_id).exists():
             break
     raw_key = f"{KEY_PREFIX}_{lookup_id}_{secrets.token_urlsafe(SECRET_BYTES)}"
     api_key = APIKey.objects.create(
-        user=user, name=name, lookup_id=lookup_id, digest=_digest(raw_key), expires_at=expires_at
+        user=user, name=name, lookup_id=lookup_id, digest=_digest(raw_key), expires_at=expires_at, **chosen
     )
+    api_key.tightened = tightened  # type: ignore[attr-defined]
     return api_key, raw_key
 
 
+def api_key_update(*, api_key: APIKey, name: str | None = None, limits: Limits | None = None) -> APIKey:
+    """Change a key's name or limits (those given; 0 removes a limit). Takes effect on its next request."""
+    fields: list[str] = []
+    if name is not None:
+        api_key.name = name.strip()
+        fields.append("name")
+    for field, value in _limits_clean(limits or {}).items():
+        setattr(api_key, field, value)
+        fields.append(field)
+    _limits_check(api_key)
+    if fields:
+        api_key.save(update_fields=fields)
+    return api_key
+
+
 def api_key_usage_record(*, api_key_id: uuid.UUID, prompt_tokens: int, completion_tokens: int) -> None:
-    """Add one reply's token usage to a key's totals, in one UPDATE (no read, no race)."""
+    """Add one reply's token usage to a key's totals, its tokens this minute and in its budget period, in one
+    UPDATE (no read, no race): a window that has passed starts again from this reply."""
+    tokens = prompt_tokens + completion_tokens
+    now = timezone.now()
+    minute = key_limits.minute_start(now)
+    # The start of the key's current budget period, whichever period it has.
+    period = Case(
+        *(When(budget_period=p, then=Value(key_limits.period_start(p, now))) for p in BudgetPeriod.values),
+        default=Value(key_limits.period_start(BudgetPeriod.TOTAL, now)),
+    )
     APIKey.objects.filter(pk=api_key_id).update(
         request_count=F("request_count") + 1,
         prompt_tokens=F("prompt_tokens") + prompt_tokens,
         completion_tokens=F("completion_tokens") + completion_tokens,
-        total_tokens=F("total_tokens") + prompt_tokens + completion_tokens,
+        total_tokens=F("total_tokens") + tokens,
+        tpm_used=Case(When(tpm_window=minute, then=F("tpm_used") + tokens), default=Value(tokens)),
+        tpm_window=Value(minute),
+        budget_used=Case(When(budget_window=period, then=F("budget_used") + tokens), default=Value(tokens)),
+        budget_window=period,
     )
 
 

@@ -9,8 +9,10 @@ from rest_framework.response import Response
 
 from accounts import selectors, services
 from accounts.authentication import AuthenticatedRequest
+from accounts.models import LIMIT_FIELDS, APIKey
 from accounts.serializers import APIKeyCreatedOutput, APIKeyCreateInput, APIKeyOutput
 from chatapi.errors import NotFound
+from chatapi.idempotency import idempotent
 from chatapi.ids import parse_uuid
 from chatapi.schema import ERROR_RESPONSES
 
@@ -29,11 +31,15 @@ class APIKeyViewSet(viewsets.ViewSet):
         responses={201: APIKeyCreatedOutput, **ERROR_RESPONSES},
         description="Make a key. The response holds the full key; it is never shown again.",
     )
+    @idempotent(secret=("key",))
     def create(self, request: AuthenticatedRequest) -> Response:
         serializer = APIKeyCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        api_key, raw_key = services.api_key_create(user=request.user, **serializer.validated_data)
-        body = {**APIKeyOutput(api_key).data, "key": raw_key}
+        data = dict(serializer.validated_data)
+        limits = {field: data.pop(field) for field in LIMIT_FIELDS if field in data}
+        maker = request.auth if isinstance(request.auth, APIKey) else None
+        api_key, raw_key = services.api_key_create(user=request.user, limits=limits, maker=maker, **data)
+        body = {**APIKeyOutput(api_key).data, "key": raw_key, "tightened": api_key.tightened}  # type: ignore[attr-defined]
         return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(

@@ -116,3 +116,13 @@ def env_sizes(name: str, default: dict[str, int]) -> dict[str, int]:
             raise SettingError(f"{name}: the size of {key.strip()!r} must be at least 256 tokens, got {size}")
         sizes[key.strip()] = size
     return sizes
+
+
+def env_choice(name: str, default: str, choices: list[str]) -> str:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise SettingError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value

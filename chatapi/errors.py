@@ -64,6 +64,15 @@ class Conflict(ApplicationError):
     code = "conflict"
 
 
+class RateLimited(ApplicationError):
+    """Past one of the key's limits (`rate_limit_exceeded`) or its spent budget (`insufficient_quota`); its
+    headers carry `Retry-After`."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class BackendError(ApplicationError):
     """The model backend answered with an error."""
 

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import dj_database_url
 
-from chatapi.env import SettingError, env_bool, env_float, env_int, env_list, env_sizes, env_str, load_dotenv
+from chatapi.env import (
+    SettingError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_sizes,
+    env_str,
+    load_dotenv,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env")
@@ -209,6 +219,12 @@ CHATAPI_GENERATION_LOG_MAXLEN = env_int("CHATAPI_GENERATION_LOG_MAXLEN", 10_000,
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)
 # A key's `last_used_at` is written at most this often (seconds), not on every request.
+# Limits new API keys get (0: none); each key's own can be changed in the admin or with update_api_key.
+CHATAPI_DEFAULT_RPM = env_int("CHATAPI_DEFAULT_RPM", 0, minimum=0)
+CHATAPI_DEFAULT_TPM = env_int("CHATAPI_DEFAULT_TPM", 0, minimum=0)
+CHATAPI_DEFAULT_MAX_PARALLEL = env_int("CHATAPI_DEFAULT_MAX_PARALLEL", 0, minimum=0)
+CHATAPI_DEFAULT_BUDGET_TOKENS = env_int("CHATAPI_DEFAULT_BUDGET_TOKENS", 0, minimum=0)
+CHATAPI_DEFAULT_BUDGET_PERIOD = env_choice("CHATAPI_DEFAULT_BUDGET_PERIOD", "month", ["day", "week", "month", "total"])
 CHATAPI_KEY_LAST_USED_INTERVAL = env_int("CHATAPI_KEY_LAST_USED_INTERVAL", 60, minimum=0)
 
 LOGGING = {

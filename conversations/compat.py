@@ -16,9 +16,11 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.authentication import AuthenticatedRequest
+from accounts.limits import LimitHeadersMixin, limit_admit
 from chatapi.db import ConnectionReleasing
 from chatapi.errors import compat_exception_handler
 from chatapi.fields import PromptField
+from chatapi.idempotency import idempotent
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT
 from conversations import generations, services, streaming
@@ -65,7 +67,7 @@ COMPAT_ERRORS = {
 }
 
 
-class AskView(ConnectionReleasing, AsyncAPIView):
+class AskView(LimitHeadersMixin, ConnectionReleasing, AsyncAPIView):
     """`POST /api/ask`: one exchange, answered whole; threads are chained through `response_id`."""
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
@@ -84,12 +86,14 @@ class AskView(ConnectionReleasing, AsyncAPIView):
             "continue it with `conversation_id` and `parent_id` set to the previous `response_id`."
         ),
     )
+    @idempotent()
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         serializer = CompatAskInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         fields = serializer.validated_data
+        slot = await limit_admit(request)
         generation, _ = await generations.generation_begin(
-            lambda: services.compat_ask_prepare(owner=request.user, **fields), api_key_id=api_key_id(request)
+            lambda: services.compat_ask_prepare(owner=request.user, **fields), api_key_id=api_key_id(request), slot=slot
         )
         reply = await generations.generation_outcome(generation)
         return Response(
@@ -103,7 +107,7 @@ class AskView(ConnectionReleasing, AsyncAPIView):
         )
 
 
-class CompleteView(ConnectionReleasing, AsyncAPIView):
+class CompleteView(LimitHeadersMixin, ConnectionReleasing, AsyncAPIView):
     """`POST /api/complete`: the reply as plain text, streamed as it is generated."""
 
     content_negotiation_class = StreamFriendlyNegotiation
@@ -125,8 +129,11 @@ class CompleteView(ConnectionReleasing, AsyncAPIView):
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         content = serializer.validated_data["content"]
+        slot = await limit_admit(request)
         generation, reply = await generations.generation_begin(
-            lambda: services.complete_prepare(owner=request.user, content=content), api_key_id=api_key_id(request)
+            lambda: services.complete_prepare(owner=request.user, content=content),
+            api_key_id=api_key_id(request),
+            slot=slot,
         )
         first, rest = await streaming.first_event(reply)
         if first.name == "error":  # nothing generated: an ordinary error answer, with its status

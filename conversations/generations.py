@@ -28,6 +28,7 @@ from typing import Any
 from asgiref.sync import AsyncToSync, ThreadSensitiveContext
 from django.conf import settings
 
+from accounts.limits import Slot, slots_renew
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, Conflict, NotFound, error_body
 from chatapi.worker import on_worker_start, on_worker_stop
@@ -66,6 +67,7 @@ class Generation:
     stop_as: str | None = None  # "cancelled" or "interrupted" when stopped from outside
     last_seq: int = 1  # the id of the last event published (`created` is 1)
     task: asyncio.Task[None] | None = None
+    slot: Slot | None = None  # counted toward its key's max_parallel until it ends
 
     @property
     def reply_id(self) -> str:
@@ -93,10 +95,11 @@ def running(reply_id: object) -> Generation | None:
 
 
 async def generation_begin(
-    prepare: Callable[[], ReplyJob], *, api_key_id: uuid.UUID | None
+    prepare: Callable[[], ReplyJob], *, api_key_id: uuid.UUID | None, slot: Slot | None = None
 ) -> tuple[Generation, Message]:
     """Store the prompt (`prepare`, in the request's thread) and the reply in progress, and start generating
-    it: the generation, and the reply as stored in progress."""
+    it: the generation, and the reply as stored in progress. The generation holds `slot` (from
+    accounts.limits.limit_admit) until it ends; if nothing starts, it is released here."""
 
     def stored() -> tuple[ReplyJob, Message, dict[str, Any] | None]:
         job = prepare()
@@ -104,19 +107,26 @@ async def generation_begin(
         return job, reply, MessageOutput(job.request).data if job.request_is_new else None
 
     async def begin() -> tuple[Generation, Message]:
-        job, reply, request_data = await db_work(stored)()
-        job.api_key_id = api_key_id
-        return await generation_start(job, request_data=request_data), reply
+        try:
+            job, reply, request_data = await db_work(stored)()
+            job.api_key_id = api_key_id
+            return await generation_start(job, request_data=request_data, slot=slot), reply
+        except BaseException:
+            if slot is not None:
+                await slot.release()
+            raise
 
     # Shielded: a client that goes away while its prompt is being stored does not leave a reply stored
     # in progress that nothing generates.
     return await asyncio.shield(begin())
 
 
-async def generation_start(job: ReplyJob, *, request_data: dict[str, Any] | None) -> Generation:
+async def generation_start(
+    job: ReplyJob, *, request_data: dict[str, Any] | None, slot: Slot | None = None
+) -> Generation:
     """Start generating `job`'s reply (already stored in progress); its `created` event is in its log when
     this returns, so a reader can follow it at once."""
-    generation = Generation(job)
+    generation = Generation(job, slot=slot)
     log = event_log()
     created = {
         "conversation_id": str(job.conversation.pk),
@@ -154,6 +164,8 @@ async def _run_in_own_context(generation: Generation) -> None:
             await _run(generation)
     finally:
         _running.pop(generation.reply_id, None)
+        if generation.slot is not None:  # however it ended; a killed worker's slots expire with its leases
+            await generation.slot.release()
 
 
 async def _run(generation: Generation) -> None:
@@ -487,6 +499,7 @@ async def _keep() -> None:
                 if _running:
                     texts = {gen.job.reply_id: "".join(gen.text) for gen in list(_running.values())}
                     await db_work(services.replies_keep)(texts=texts)
+                await slots_renew()
                 await _reap()
                 if failing:
                     logger.warning("The generations' leases are kept again.")

@@ -26,9 +26,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import AuthenticatedRequest
+from accounts.limits import LimitHeadersMixin, Slot, limit_admit
 from accounts.services import api_key_usage_record
 from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
+from chatapi.idempotency import idempotent
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, event_stream
 from conversations import generations, llm, services, streaming
@@ -236,9 +238,16 @@ _record_usage = db_work(api_key_usage_record)
 
 
 async def stateless_chunks(
-    *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], include_usage: bool, key_id: Any
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    include_usage: bool,
+    key_id: Any,
+    slot: Slot | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """The backend's chunks forwarded as they come; only the key's usage is recorded."""
+    """The backend's chunks forwarded as they come; only the key's usage is recorded. `slot` (the key's
+    max_parallel) is released when it ends."""
     usage: llm.Usage | None = None
     text: list[str] = []
     chunks = llm.chat_completion_chunks(model=model, messages=messages, params=params)
@@ -275,11 +284,15 @@ async def stateless_chunks(
         yield _error_data(exc)
     finally:
         await chunks.aclose()
-        if key_id is not None:
-            final = usage or llm.estimate_usage(messages, "".join(text))
-            await _record_usage(
-                api_key_id=key_id, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens
-            )
+        try:
+            if key_id is not None:
+                final = usage or llm.estimate_usage(messages, "".join(text))
+                await _record_usage(
+                    api_key_id=key_id, prompt_tokens=final.prompt_tokens, completion_tokens=final.completion_tokens
+                )
+        finally:
+            if slot is not None:
+                await slot.release()
 
 
 async def stateful_chunks(
@@ -460,7 +473,7 @@ CHAT_COMPLETION_200 = (
 )
 
 
-class ChatCompletionsView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
+class ChatCompletionsView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_chat_completions",
         request=ChatCompletionRequest,
@@ -493,16 +506,19 @@ class ChatCompletionsView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
             "answers with the header `X-Conversation-Id`."
         ),
     )
+    @idempotent()
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         model, messages, params, stream, include_usage = validate_request(request.data)
         key_id = api_key_id(request)
         conversation_id = request.headers.get("X-Conversation-Id", "").strip()
+        slot = await limit_admit(request)  # a refused request (429) stores nothing and calls nothing
         if conversation_id:
             generation, reply = await generations.generation_begin(
                 lambda: services.openai_turn_prepare(
                     owner=request.user, conversation_id=conversation_id, messages=messages, model=model, params=params
                 ),
                 api_key_id=key_id,
+                slot=slot,
             )
             cid = str(generation.job.conversation.pk)
             if stream:
@@ -514,11 +530,22 @@ class ChatCompletionsView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
                 exc.headers = {**exc.headers, "X-Conversation-Id": cid}
                 raise
             return Response(_completion_from_reply(reply), headers={"X-Conversation-Id": cid})
-        if stream:
-            content = stateless_chunks(
-                model=model, messages=messages, params=params, include_usage=include_usage, key_id=key_id
-            )
-            return await _event_stream(content)
+        try:
+            if stream:
+                content = stateless_chunks(
+                    model=model, messages=messages, params=params, include_usage=include_usage, key_id=key_id, slot=slot
+                )
+                response = await _event_stream(content)
+                slot = None  # the stream holds it now, and releases it when it ends
+                return response
+            return await self._stateless(model=model, messages=messages, params=params, key_id=key_id)
+        finally:
+            if slot is not None:
+                await slot.release()
+
+    async def _stateless(
+        self, *, model: str, messages: list[dict[str, Any]], params: dict[str, Any], key_id: Any
+    ) -> Response:
         body = await llm.chat_completion(model=model, messages=messages, params=params)
         usage = llm.usage_of(body)
         if usage is None:

@@ -17,9 +17,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import AuthenticatedRequest
+from accounts.limits import LimitHeadersMixin, limit_admit
 from accounts.models import APIKey
 from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import Conflict, InvalidRequest
+from chatapi.idempotency import idempotent, mark_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
 from conversations import generations, selectors, services, streaming
@@ -86,16 +88,24 @@ async def _reply(
     (201) once it is done, or at once with its events (server-sent events)."""
     request = view.request
     stream = _wants_stream(request, data)
+    slot = await limit_admit(request)  # a refused request (429) stores nothing and calls nothing
     generation, reply = await generations.generation_begin(
-        lambda: prepare(**kwargs, **data), api_key_id=api_key_id(request)
+        lambda: prepare(**kwargs, **data), api_key_id=api_key_id(request), slot=slot
     )
     if not stream:
         reply = await generations.generation_outcome(generation)
         answer = {"response": ReplyOutput(reply).data, "context_window": generation.job.context_info}
         return Response(answer, status=status.HTTP_201_CREATED)
+    mark_reply(request, reply.pk)  # a repeat with its Idempotency-Key gets this reply's events
     return streaming.stream_response(
         streaming.reply_sse(reply, generation=generation), content_type="text/event-stream"
     )
+
+
+async def _replay(request: Request, reply_id: uuid.UUID) -> HttpResponseBase:
+    """A repeat of a streamed ask (same Idempotency-Key): its reply's events from the start."""
+    reply = await db_work(Message.objects.get)(pk=reply_id)
+    return streaming.stream_response(streaming.reply_sse(reply, after=0), content_type="text/event-stream")
 
 
 def _after(request: Request, reply: Message) -> int:
@@ -286,6 +296,7 @@ class ConversationViewSet(viewsets.ViewSet):
         responses={201: ConversationOutput, **ERROR_RESPONSES},
         description="A new conversation holding a copy of the path root→`message_id` (default: current_node).",
     )
+    @idempotent()
     def fork(self, request: AuthenticatedRequest, conversation_id: str) -> Response:
         conversation = self._conversation(request, conversation_id)
         data = _validated(ForkInput, request.data)
@@ -293,7 +304,7 @@ class ConversationViewSet(viewsets.ViewSet):
         return Response(_conversation_detail(fork), status=status.HTTP_201_CREATED)
 
 
-class ReplyViewSet(ConnectionReleasing, AsyncViewSet):
+class ReplyViewSet(LimitHeadersMixin, ConnectionReleasing, AsyncViewSet):
     """The conversation API's endpoints that wait for the model: async views, so a wait holds no thread.
     The prompt is validated and stored in a thread (Django's ORM is synchronous), then the reply is awaited."""
 
@@ -308,6 +319,7 @@ class ReplyViewSet(ConnectionReleasing, AsyncViewSet):
             "`response.request_id` is the stored user message."
         ),
     )
+    @idempotent(replay_stream=_replay)
     async def new(self, request: AuthenticatedRequest) -> HttpResponseBase:
         data = _validated(ConversationNewInput, request.data)
         return await _reply(self, data, services.conversation_start_prepare, owner=request.user)
@@ -323,6 +335,7 @@ class ReplyViewSet(ConnectionReleasing, AsyncViewSet):
             "`error.details.message_id`."
         ),
     )
+    @idempotent(replay_stream=_replay)
     async def ask(self, request: AuthenticatedRequest, conversation_id: str) -> HttpResponseBase:
         data = _validated(AskInput, request.data)
 
@@ -339,6 +352,7 @@ class ReplyViewSet(ConnectionReleasing, AsyncViewSet):
         responses={**REPLY_RESPONSES, **ERROR_RESPONSES},
         description="A new reply: a sibling of an assistant message, or a new child of a user message.",
     )
+    @idempotent(replay_stream=_replay)
     async def regenerate(
         self, request: AuthenticatedRequest, conversation_id: str, message_id: str
     ) -> HttpResponseBase:

@@ -200,7 +200,7 @@ def test_api_key_changelist_filters_by_status(admin, user):
         assert f">{status}<" in response.content.decode()  # the status column
 
 
-def test_api_key_change_page_is_view_only(admin, user):
+def test_api_key_change_page_edits_only_the_limits(admin, user):
     api_key, _ = api_key_create(user=user, name="laptop")
 
     response = admin.get(f"/admin/accounts/apikey/{api_key.pk}/change/")
@@ -209,10 +209,11 @@ def test_api_key_change_page_is_view_only(admin, user):
     page = response.content.decode()
     assert api_key.prefix in page and "active" in page
     assert api_key.digest not in page
-    assert 'name="name"' not in page and 'name="_save"' not in page
-    assert admin.post(f"/admin/accounts/apikey/{api_key.pk}/change/", {"name": "renamed"}).status_code == 403
+    assert 'name="name"' not in page and 'name="rpm"' in page and 'name="budget_period"' in page
+    data = {"name": "renamed", "rpm": "5", "tpm": "", "max_parallel": "2", "budget_tokens": "", "budget_period": ""}
+    assert admin.post(f"/admin/accounts/apikey/{api_key.pk}/change/", data).status_code == 302
     api_key.refresh_from_db()
-    assert api_key.name == "laptop"
+    assert (api_key.name, api_key.rpm, api_key.max_parallel, api_key.tpm) == ("laptop", 5, 2, None)
 
 
 def test_api_keys_cannot_be_deleted(admin, user):

@@ -16,7 +16,18 @@ from accounts.services import api_key_create
 
 pytestmark = pytest.mark.django_db
 
-OUTPUT_FIELDS = {"id", "name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "usage"}
+OUTPUT_FIELDS = {
+    "id",
+    "name",
+    "prefix",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked_at",
+    "usage",
+    "limits",
+    "standing",
+}
 
 
 def client_with(key: str) -> APIClient:
@@ -58,7 +69,7 @@ def test_create_answers_the_full_key_once_and_list_never_shows_it(api, user):
 
     assert response.status_code == 201, response.content
     body = response.json()
-    assert set(body) == OUTPUT_FIELDS | {"key"}
+    assert set(body) == OUTPUT_FIELDS | {"key", "tightened"}
     raw = body["key"]
     assert raw.startswith(body["prefix"] + "_") and body["prefix"].startswith("ck_")
     assert len(raw.removeprefix(body["prefix"] + "_")) >= 43  # 32 random bytes, base64url

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts import selectors, services
+from accounts.management.limit_options import add_limit_arguments, describe_limits, limits_from_options
 from chatapi.errors import ApplicationError
 
 
@@ -17,6 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("user", help="The user's id or username.")
         parser.add_argument("--name", default="", help="A label to tell keys apart.")
         parser.add_argument("--expires-in-days", type=int, default=None, help="Default: the key never expires.")
+        add_limit_arguments(parser, defaults="Default: CHATAPI_DEFAULT_*.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = selectors.user_get_by_id_or_username(ident=options["user"])
@@ -24,14 +26,17 @@ class Command(BaseCommand):
             raise CommandError(f"No user with id or username {options['user']!r}.")
         try:
             api_key, raw_key = services.api_key_create(
-                user=user, name=options["name"], expires_in_days=options["expires_in_days"]
+                user=user,
+                name=options["name"],
+                expires_in_days=options["expires_in_days"],
+                limits=limits_from_options(options),
             )
         except ApplicationError as exc:
             raise CommandError(exc.message) from None
         # The notice goes to stderr so that stdout holds nothing but the key.
         expiry = f", expires {api_key.expires_at:%Y-%m-%d %H:%M %Z}" if api_key.expires_at else ""
         self.stderr.write(
-            f"API key {api_key.prefix} for {user.username!r} (id {api_key.pk}{expiry}). "
+            f"API key {api_key.prefix} for {user.username!r} (id {api_key.pk}{expiry}; {describe_limits(api_key)}). "
             "It is shown only this once: store it now.",
             style_func=self.style.WARNING,
         )
