@@ -30,9 +30,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import AuthenticatedRequest
+from accounts.limits import LimitHeadersMixin, limit_admit
 from accounts.services import api_key_usage_record
-from chatapi.db import db_work
+from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import ApplicationError, InvalidRequest, NotFound
+from chatapi.idempotency import idempotent
 from chatapi.ids import parse_uuid
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import event_stream
@@ -812,7 +814,7 @@ STREAM_DESCRIPTION = (
 RESPONSE_ERRORS = {**OPENAI_ERRORS, 404: OpenApiResponse(OpenAIError, description="No such response of the caller's.")}
 
 
-class ResponsesView(_OpenAIView, AsyncAPIView):
+class ResponsesView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_responses_create",
         request=ResponseCreateRequest,
@@ -832,11 +834,17 @@ class ResponsesView(_OpenAIView, AsyncAPIView):
             "is stored."
         ),
     )
+    @idempotent()
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         create = validate_create(request.data)
         key_id = api_key_id(request)
+        slot = await limit_admit(request)  # a refused request (429) stores nothing and calls nothing
         if not create.store:
-            return await self._stateless(request, create, key_id)
+            try:
+                return await self._stateless(request, create, key_id)
+            finally:
+                if slot is not None:
+                    await slot.release()
         generation, reply = await generations.generation_begin(
             lambda: services.responses_turn_prepare(
                 owner=request.user,
@@ -848,6 +856,7 @@ class ResponsesView(_OpenAIView, AsyncAPIView):
                 fit=create.truncation != "disabled",
             ),
             api_key_id=key_id,
+            slot=slot,
         )
         if create.stream:
             first = await db_work(_response_of)(reply, create.echo)
@@ -894,7 +903,7 @@ def _query_flag(request: Request, name: str) -> bool:
     return raw == "true"
 
 
-class ResponseDetailView(_OpenAIView, AsyncAPIView):
+class ResponseDetailView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_responses_retrieve",
         parameters=[
@@ -947,7 +956,7 @@ class ResponseDetailView(_OpenAIView, AsyncAPIView):
         return Response({"id": resp_id(reply.pk), "object": "response", "deleted": True})
 
 
-class ResponseCancelView(_OpenAIView, AsyncAPIView):
+class ResponseCancelView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_responses_cancel",
         parameters=[RESPONSE_ID],

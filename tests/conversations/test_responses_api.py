@@ -272,3 +272,22 @@ def test_a_backend_failure_is_the_sdks_error_and_a_failed_response(sdk, backend)
     events = list(sdk.responses.create(model="test-model", input="y", stream=True))
     assert events[-1].type == "response.failed" and events[-1].response.error is not None
     assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_a_key_past_its_limit_gets_the_sdks_rate_limit_error_and_nothing_is_stored(user, live_url, backend):
+    _, raw = api_key_create(user=user, limits={"rpm": 1})
+    client = openai.OpenAI(base_url=f"{live_url}/v1", api_key=raw, max_retries=0, timeout=20)
+    client.responses.create(model="test-model", input="first")
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="test-model", input="second")
+    assert len(backend.requests) == 1
+    assert not Message.objects.filter(content="second").exists()
+
+
+def test_a_repeated_idempotency_key_gets_the_same_response_without_a_second_turn(sdk, backend):
+    headers = {"Idempotency-Key": "resp-once"}
+    first = sdk.responses.create(model="test-model", input="only once", extra_headers=headers)
+    again = sdk.responses.create(model="test-model", input="only once", extra_headers=headers)
+    assert again.id == first.id and again.output_text == first.output_text
+    assert len(backend.requests) == 1
+    assert Message.objects.filter(content="only once").count() == 1
