@@ -311,6 +311,8 @@ class RedisEventLog(LocalEventLog):
                 logger.exception("Could not send generation events to Redis; they are dropped")
                 continue
             if not sent:
+                if _cancelling():
+                    return  # as in _listen: a cancellation that came back as a Redis error
                 await asyncio.sleep(RETRY_DELAY)
 
     async def _flush(self, rt: _Runtime) -> bool:
@@ -452,6 +454,8 @@ class RedisEventLog(LocalEventLog):
                             # Through the loop, so that a callback that raises is logged and the listener lives on.
                             rt.loop.call_soon(self._on_cancel, message["data"].decode())
             except (RedisError, OSError) as exc:
+                if _cancelling():
+                    return  # redis-py can turn a cancellation into a connection error: it was a cancellation
                 if not warned:
                     warned = True
                     logger.warning("Redis is unreachable (%s): cancels from other workers wait until it is back", exc)
@@ -474,6 +478,12 @@ class RedisEventLog(LocalEventLog):
         while self._unsent and await self._flush(rt):
             pass
         await rt.client.aclose()
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (a loop that ends cancels its tasks once, and waits)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _seq(entry_id: bytes) -> int:

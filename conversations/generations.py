@@ -146,7 +146,7 @@ async def own_thread() -> AsyncIterator[None]:
     """A thread of its own for the database work of a task that outlives the request that started it: the
     request's thread context ends with the request. Under a synchronous caller (Django's test client runs
     an async view in async_to_sync) the caller's thread does the work, as it does the request's."""
-    if getattr(AsyncToSync.executors, "current", None) is not None:
+    if _under_a_synchronous_caller():
         yield
         return
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatapi-generation")
@@ -155,6 +155,12 @@ async def own_thread() -> AsyncIterator[None]:
             yield
     finally:
         executor.shutdown(wait=False)
+
+
+def _under_a_synchronous_caller() -> bool:
+    """Whether this loop runs for a synchronous caller (async_to_sync), which waits in its thread and does
+    the thread-sensitive work there, rather than being the server's loop."""
+    return getattr(AsyncToSync.executors, "current", None) is not None
 
 
 async def _run_in_own_context(generation: Generation) -> None:
@@ -468,6 +474,8 @@ _keepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None
 
 
 def _ensure_keeper() -> None:
+    if _under_a_synchronous_caller():
+        return  # a loop that lives for one request (Django's test client): the server's own loop keeps
     loop = asyncio.get_running_loop()
     keeper = _keepers.get(loop)
     if keeper is None or keeper.done():
