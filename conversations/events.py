@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
+from asgiref.sync import AsyncToSync
 from django.conf import settings
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -288,9 +289,13 @@ class RedisEventLog(LocalEventLog):
             )
             mirror = client.register_script(MIRROR_SCRIPT)
             rt = self._rt = _Runtime(loop=loop, client=client, mirror=mirror, wake=asyncio.Event())
-            rt.flusher = loop.create_task(self._flush_forever(rt), name="chatapi event log flusher")
-            if self._on_cancel is not None:
-                rt.listener = loop.create_task(self._listen(rt), name="chatapi cancel listener")
+            # No background tasks on a loop that lives for one call of a synchronous caller (Django's test
+            # client runs each async view so): it ends with that call, cancelling them midway through
+            # redis-py, whose clean-up does not always survive it. The next loop's flusher sends its events.
+            if getattr(AsyncToSync.executors, "current", None) is None:
+                rt.flusher = loop.create_task(self._flush_forever(rt), name="chatapi event log flusher")
+                if self._on_cancel is not None:
+                    rt.listener = loop.create_task(self._listen(rt), name="chatapi cancel listener")
             if self._unsent:  # left by a loop that ended before its flusher sent them
                 rt.wake.set()
         return rt
@@ -437,7 +442,7 @@ class RedisEventLog(LocalEventLog):
         except RuntimeError:
             return  # the listener starts with the first use on a loop
         rt = self._here()
-        if rt.listener is None:
+        if rt.listener is None and rt.flusher is not None:  # (no background tasks: see _here)
             rt.listener = rt.loop.create_task(self._listen(rt), name="chatapi cancel listener")
 
     async def _listen(self, rt: _Runtime) -> None:
