@@ -60,18 +60,31 @@ def conversation_list_for_user(
     tag: str | None = None,
     folder_id: uuid.UUID | None = None,
 ) -> QuerySet[Conversation]:
-    """The list: filtered, pinned ones first, then in `order`; with each one's message count and tags."""
+    """The list: filtered, pinned ones first, then in `order`, with each one's tags. Message counts are
+    added to a page by `conversation_page_with_counts` (counted for the page only, not for every match)."""
     conversations = conversation_filter_for_user(
         user=user, archived=archived, pinned=pinned, tag=tag, folder_id=folder_id
     )
     if q:
         conversations = conversations.filter(title__icontains=q)
     field = ORDERINGS[order]
-    return (
-        conversations.annotate(message_count=Count("messages"))
-        .prefetch_related(Prefetch("tag_links", queryset=ConversationTag.objects.order_by("name")))
-        .order_by("-pinned", field, "-id" if "-" in field else "id")
+    return conversations.prefetch_related(
+        Prefetch("tag_links", queryset=ConversationTag.objects.order_by("name"))
+    ).order_by("-pinned", field, "-id" if "-" in field else "id")
+
+
+def conversation_page_with_counts(conversations: QuerySet[Conversation], offset: int, limit: int) -> list[Conversation]:
+    """One page of `conversations`, each with its `message_count`, in one more query."""
+    page = list(conversations[offset : offset + limit])
+    counts = dict(
+        Message.objects.filter(conversation__in=[c.pk for c in page])
+        .values("conversation")
+        .annotate(n=Count("pk"))
+        .values_list("conversation", "n")
     )
+    for conversation in page:
+        conversation.message_count = counts.get(conversation.pk, 0)  # type: ignore[attr-defined]
+    return page
 
 
 def conversation_tags(*, conversation: Conversation) -> list[str]:

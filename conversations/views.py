@@ -203,7 +203,7 @@ class ConversationViewSet(viewsets.ViewSet):
         limit, offset = query.pop("limit"), query.pop("offset")
         conversations = selectors.conversation_list_for_user(user=request.user, **query)
         total = conversations.count()
-        page = list(conversations[offset : offset + limit])
+        page = selectors.conversation_page_with_counts(conversations, offset, limit)
         return _paged(request, Response(ConversationOutput(page, many=True).data), total, limit, offset)
 
     @extend_schema(
