@@ -385,6 +385,7 @@ def _search_postgres(q: str, conversations: QuerySet[Conversation], limit: int, 
             .filter(document=query)
             .annotate(kind=Value(kind, output_field=CharField()), rank=SearchRank(F("document"), query))
             .values("kind", "pk", "rank")
+            .order_by()  # not the models' default ordering: the union is sorted by rank
         )
 
     messages = matching(Message.objects.filter(conversation__in=conversations), "m", Message)
