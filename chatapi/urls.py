@@ -24,7 +24,7 @@ from conversations.responses_api import (
     ResponseInputItemsView,
     ResponsesView,
 )
-from conversations.views import ConversationViewSet, ReplyViewSet
+from conversations.views import ConversationViewSet, FolderViewSet, ReplyViewSet
 
 handler400 = "chatapi.errors.bad_request_view"
 handler404 = "chatapi.errors.not_found_view"
@@ -41,6 +41,7 @@ def api_route(pattern: str, view: Any, name: str) -> URLPattern:
 conversations = ConversationViewSet.as_view
 replies = ReplyViewSet.as_view
 keys = APIKeyViewSet.as_view
+folders = FolderViewSet.as_view
 CONV = ID.format("conversation_id")
 MSG = ID.format("message_id")
 RESP = ID.format("response_id")
@@ -49,6 +50,8 @@ urlpatterns = [
     api_route("conversations", conversations({"get": "list", "post": "create"}), "conversation-list"),
     api_route("conversations/new", replies({"post": "new"}), "conversation-new"),
     api_route("conversations/all", conversations({"delete": "destroy_all"}), "conversation-all"),
+    api_route("conversations/search", conversations({"get": "search"}), "conversation-search"),
+    api_route("conversations/bulk", conversations({"post": "bulk"}), "conversation-bulk"),
     api_route(
         rf"conversations/{CONV}",
         conversations({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
@@ -65,6 +68,12 @@ urlpatterns = [
     api_route(rf"conversations/{CONV}/messages/{MSG}/cancel", replies({"post": "cancel"}), "message-cancel"),
     api_route(rf"conversations/{CONV}/messages/{MSG}", conversations({"delete": "destroy_message"}), "message-detail"),
     api_route(rf"conversations/{CONV}/fork", conversations({"post": "fork"}), "conversation-fork"),
+    api_route("folders", folders({"get": "list", "post": "create"}), "folder-list"),
+    api_route(
+        rf"folders/{ID.format('folder_id')}",
+        folders({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
+        "folder-detail",
+    ),
     api_route("api/keys", keys({"get": "list", "post": "create"}), "api-key-list"),
     api_route(rf"api/keys/{ID.format('key_id')}", keys({"delete": "destroy"}), "api-key-detail"),
     api_route("api/complete", CompleteView.as_view(), "compat-complete"),

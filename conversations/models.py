@@ -9,6 +9,23 @@ from django.db import models
 from django.utils import timezone
 
 
+class Folder(models.Model):
+    """A user's folder of conversations; new conversations made in it start with its system prompt."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="folders")
+    name = models.CharField(max_length=100)
+    system_prompt = models.TextField(blank=True, help_text="What new conversations made in the folder start with.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name", "id"]
+        indexes = [models.Index(fields=["owner", "name"], name="folder_owner_name_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Conversation(models.Model):
     class Origin(models.TextChoices):
         CONVERSATIONS = "conversations", "Conversation API"
@@ -37,15 +54,55 @@ class Conversation(models.Model):
         default=Origin.CONVERSATIONS,
         help_text="Which API started it; /api/complete continues its own latest conversation.",
     )
+    pinned = models.BooleanField(default=False, help_text="Pinned conversations come first in the list.")
+    archived = models.BooleanField(default=False, help_text="Archived conversations are left out of the list.")
+    folder = models.ForeignKey(
+        Folder,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,  # deleting a folder keeps its conversations
+        related_name="conversations",
+    )
+    source_id = models.CharField(  # noqa: DJ001 (null: most conversations were not imported)
+        max_length=200,
+        null=True,
+        blank=True,
+        help_text="The id of the conversation it was imported from; importing it again skips it.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, help_text="Last time a message was added.")
 
     class Meta:
         ordering = ["-updated_at"]
-        indexes = [models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx")]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx"),
+            # The list: not archived (by default), pinned first, newest first.
+            models.Index(fields=["owner", "archived", "-pinned", "-updated_at"], name="conv_owner_list_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "source_id"],
+                name="conv_owner_source_uniq",
+                condition=models.Q(source_id__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.title or str(self.id)
+
+
+class ConversationTag(models.Model):
+    """One tag of a conversation (a table, so that the list can filter on a tag with an index)."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="tag_links")
+    name = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["conversation", "name"], name="conv_tag_uniq")]
+        indexes = [models.Index(fields=["name", "conversation"], name="conv_tag_name_idx")]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Message(models.Model):

@@ -5,16 +5,19 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 from django.db.models.expressions import RawSQL
 
 from accounts.models import User
 from chatapi.errors import InvalidRequest, NotFound
 from chatapi.ids import parse_uuid
-from conversations.models import Conversation, Message
+from conversations import fulltext
+from conversations.models import Conversation, ConversationTag, Folder, Message
 
 ORDERINGS = {
     "update_time": "updated_at",
@@ -26,12 +29,82 @@ ORDERINGS = {
 }
 
 
-def conversation_list_for_user(*, user: User, q: str = "", order: str = "-update_time") -> QuerySet[Conversation]:
+def conversation_filter_for_user(
+    *,
+    user: User,
+    archived: bool | None = False,
+    pinned: bool | None = None,
+    tag: str | None = None,
+    folder_id: uuid.UUID | None = None,
+) -> QuerySet[Conversation]:
+    """The user's conversations that pass the list's filters (`archived=None`: archived or not)."""
     conversations = Conversation.objects.filter(owner=user)
+    if archived is not None:
+        conversations = conversations.filter(archived=archived)
+    if pinned is not None:
+        conversations = conversations.filter(pinned=pinned)
+    if tag:
+        conversations = conversations.filter(pk__in=ConversationTag.objects.filter(name=tag).values("conversation_id"))
+    if folder_id is not None:
+        conversations = conversations.filter(folder_id=folder_id)
+    return conversations
+
+
+def conversation_list_for_user(
+    *,
+    user: User,
+    q: str = "",
+    order: str = "-update_time",
+    archived: bool | None = False,
+    pinned: bool | None = None,
+    tag: str | None = None,
+    folder_id: uuid.UUID | None = None,
+) -> QuerySet[Conversation]:
+    """The list: filtered, pinned ones first, then in `order`, with each one's tags. Message counts are
+    added to a page by `conversation_page_with_counts` (counted for the page only, not for every match)."""
+    conversations = conversation_filter_for_user(
+        user=user, archived=archived, pinned=pinned, tag=tag, folder_id=folder_id
+    )
     if q:
         conversations = conversations.filter(title__icontains=q)
     field = ORDERINGS[order]
-    return conversations.annotate(message_count=Count("messages")).order_by(field, "-id" if "-" in field else "id")
+    return conversations.prefetch_related(
+        Prefetch("tag_links", queryset=ConversationTag.objects.order_by("name"))
+    ).order_by("-pinned", field, "-id" if "-" in field else "id")
+
+
+def conversation_page_with_counts(conversations: QuerySet[Conversation], offset: int, limit: int) -> list[Conversation]:
+    """One page of `conversations`, each with its `message_count`, in one more query."""
+    page = list(conversations[offset : offset + limit])
+    counts = dict(
+        Message.objects.filter(conversation__in=[c.pk for c in page])
+        .values("conversation")
+        .annotate(n=Count("pk"))
+        .values_list("conversation", "n")
+    )
+    for conversation in page:
+        conversation.message_count = counts.get(conversation.pk, 0)  # type: ignore[attr-defined]
+    return page
+
+
+def conversation_tags(*, conversation: Conversation) -> list[str]:
+    """The conversation's tags, sorted (from the prefetched ones when the list fetched them)."""
+    return sorted(link.name for link in conversation.tag_links.all())
+
+
+def folder_list_for_user(*, user: User) -> QuerySet[Folder]:
+    return Folder.objects.filter(owner=user).order_by("name", "id")
+
+
+def folder_get_for_user(*, user: User, folder_id: object, param: str | None = None) -> Folder:
+    """The user's folder. In a body or query (`param` given) anything else is a 400, on a path a 404."""
+    pk = parse_uuid(folder_id)
+    folder = Folder.objects.filter(pk=pk, owner=user).first() if pk is not None else None
+    if folder is None:
+        if param is not None:
+            raise InvalidRequest(f"{param} is not one of your folders.", code="invalid_folder_id", param=param)
+        raise NotFound("Folder not found.", code="folder_not_found")
+    return folder
 
 
 def _pk_param(value: uuid.UUID) -> Any:
@@ -219,3 +292,187 @@ def message_turn_get(*, reply: Message) -> list[Message]:
         [_pk_param(reply.pk), Message.Role.ASSISTANT],
     )
     return sorted(rows, key=lambda m: m.depth)
+
+
+# --- full-text search -------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchHit:
+    conversation_id: uuid.UUID
+    title: str
+    message_id: uuid.UUID | None  # None for a match in the title
+    role: str | None
+    snippet: str  # HTML: escaped, each match in <mark>…</mark>
+    create_time: datetime
+    rank: float  # higher is better
+
+
+@dataclass
+class SearchPage:
+    total: int
+    hits: list[SearchHit]
+
+
+def search_for_user(
+    *,
+    user: User,
+    q: str,
+    limit: int = 20,
+    offset: int = 0,
+    archived: bool | None = False,
+    tag: str | None = None,
+    folder_id: uuid.UUID | None = None,
+) -> SearchPage:
+    """The user's messages and conversation titles that match the web-search query `q`, best first.
+
+    A query with nothing to look for (only operators, only excluded words) finds nothing.
+    """
+    query = fulltext.web_query_parse(q)
+    if query.empty:
+        return SearchPage(total=0, hits=[])
+    conversations = conversation_filter_for_user(user=user, archived=archived, tag=tag, folder_id=folder_id)
+    if connection.vendor == "postgresql":
+        return _search_postgres(q, conversations, limit, offset)
+    return _search_sqlite(query.fts5(), conversations, limit, offset)
+
+
+def _search_sqlite(match: str, conversations: QuerySet[Conversation], limit: int, offset: int) -> SearchPage:
+    # FTS5's MATCH, bm25() and snippet() are SQL the ORM cannot say. The page is chosen first from rowids
+    # and ranks alone; snippets are made for its rows only.
+    in_sql, in_params = conversations.values("pk").query.sql_with_params()
+    ranked = f"""
+        SELECT 'm' AS kind, conversations_message_fts.rowid AS rid, bm25(conversations_message_fts) AS score
+        FROM conversations_message_fts JOIN conversations_message m ON m.rowid = conversations_message_fts.rowid
+        WHERE conversations_message_fts MATCH %s AND m.conversation_id IN ({in_sql})
+        UNION ALL
+        SELECT 'c', conversations_conversation_fts.rowid, bm25(conversations_conversation_fts)
+        FROM conversations_conversation_fts
+        JOIN conversations_conversation c ON c.rowid = conversations_conversation_fts.rowid
+        WHERE conversations_conversation_fts MATCH %s AND c.id IN ({in_sql})
+    """
+    params = [match, *in_params, match, *in_params]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT kind, rid, score, COUNT(*) OVER () FROM ({ranked}) ORDER BY score, kind, rid LIMIT %s OFFSET %s",
+            [*params, limit, offset],
+        )
+        rows = cursor.fetchall()
+        if rows:
+            total = rows[0][3]
+        else:
+            cursor.execute(f"SELECT COUNT(*) FROM ({ranked})", params)
+            total = cursor.fetchone()[0]
+        found: dict[tuple[str, int], tuple[uuid.UUID, str]] = {}
+        for kind, fts, table in (
+            ("m", "conversations_message_fts", "conversations_message"),
+            ("c", "conversations_conversation_fts", "conversations_conversation"),
+        ):
+            rids = [rid for row_kind, rid, _, _ in rows if row_kind == kind]
+            if not rids:
+                continue
+            snippet = f"snippet({fts}, 0, '{fulltext.MARK_START}', '{fulltext.MARK_END}', '…', 24)"
+            cursor.execute(
+                f"""SELECT t.rowid, t.id, {snippet} FROM {fts} JOIN {table} t ON t.rowid = {fts}.rowid
+                WHERE {fts} MATCH %s AND {fts}.rowid IN ({", ".join(["%s"] * len(rids))})""",
+                [match, *rids],
+            )
+            found.update({(kind, rid): (uuid.UUID(str(pk)), text) for rid, pk, text in cursor.fetchall()})
+    page = []
+    for kind, rid, score, _ in rows:
+        if (kind, rid) in found:  # else deleted meanwhile
+            pk, text = found[(kind, rid)]
+            page.append((kind, pk, -float(score), text))
+    return SearchPage(total=total, hits=_search_hits(page))
+
+
+def _search_hits(page: list[tuple[str, uuid.UUID, float, str]]) -> list[SearchHit]:
+    """The hits of a page of (kind "m" or "c", id, rank, raw snippet), in its order, with their details."""
+    messages = {
+        row["pk"]: row
+        for row in Message.objects.filter(pk__in=[pk for kind, pk, _, _ in page if kind == "m"]).values(
+            "pk", "conversation_id", "conversation__title", "role", "created_at"
+        )
+    }
+    titles = {
+        row["pk"]: row
+        for row in Conversation.objects.filter(pk__in=[pk for kind, pk, _, _ in page if kind == "c"]).values(
+            "pk", "title", "created_at"
+        )
+    }
+    hits = []
+    for kind, pk, rank, snippet in page:
+        if kind == "m" and pk in messages:
+            message = messages[pk]
+            hits.append(
+                SearchHit(
+                    conversation_id=message["conversation_id"],
+                    title=message["conversation__title"],
+                    message_id=pk,
+                    role=message["role"],
+                    snippet=fulltext.snippet_html(snippet),
+                    create_time=message["created_at"],
+                    rank=rank,
+                )
+            )
+        elif kind == "c" and pk in titles:
+            conversation = titles[pk]
+            hits.append(
+                SearchHit(
+                    conversation_id=pk,
+                    title=conversation["title"],
+                    message_id=None,
+                    role=None,
+                    snippet=fulltext.snippet_html(snippet),
+                    create_time=conversation["created_at"],
+                    rank=rank,
+                )
+            )
+    return hits
+
+
+def _search_postgres(q: str, conversations: QuerySet[Conversation], limit: int, offset: int) -> SearchPage:
+    from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVectorField
+    from django.db.models import CharField, F, Value
+
+    query = SearchQuery(q, search_type="websearch", config=fulltext.PG_CONFIG)
+
+    def document(model: type[Message] | type[Conversation]) -> RawSQL:
+        # The stored generated column (migration 0006), which the models do not declare.
+        return RawSQL(f'"{model._meta.db_table}"."search_vector"', [], output_field=SearchVectorField())
+
+    def matching(queryset: QuerySet[Any], kind: str, model: type[Message] | type[Conversation]) -> QuerySet[Any]:
+        return (
+            queryset.alias(document=document(model))
+            .filter(document=query)
+            .annotate(kind=Value(kind, output_field=CharField()), rank=SearchRank(F("document"), query))
+            .values("kind", "pk", "rank")
+            .order_by()  # not the models' default ordering: the union is sorted by rank
+        )
+
+    messages = matching(Message.objects.filter(conversation__in=conversations), "m", Message)
+    titles = matching(conversations, "c", Conversation)
+    ranked = messages.union(titles, all=True)
+    total = ranked.count()
+    rows = list(ranked.order_by("-rank", "kind", "pk")[offset : offset + limit]) if total > offset else []
+    headlines: dict[tuple[str, uuid.UUID], str] = {}
+    for kind, model, column in (("m", Message, "content"), ("c", Conversation, "title")):
+        ids = [row["pk"] for row in rows if row["kind"] == kind]
+        if ids:
+            headline = SearchHeadline(
+                column,
+                query,
+                config=fulltext.PG_CONFIG,
+                start_sel=fulltext.MARK_START,
+                stop_sel=fulltext.MARK_END,
+                max_words=30,
+                min_words=10,
+            )
+            for pk, text in model.objects.filter(pk__in=ids).annotate(headline=headline).values_list("pk", "headline"):
+                headlines[(kind, pk)] = text
+    page = [
+        (row["kind"], row["pk"], float(row["rank"]), headlines[(row["kind"], row["pk"])])
+        for row in rows
+        if (row["kind"], row["pk"]) in headlines
+    ]
+    return SearchPage(total=total, hits=_search_hits(page))

@@ -12,7 +12,8 @@ from rest_framework import serializers
 
 from chatapi.fields import PromptField, StrictBooleanField, StrictCharField
 from conversations.models import Conversation, Message
-from conversations.selectors import ORDERINGS
+from conversations.selectors import ORDERINGS, conversation_tags
+from conversations.services import BULK_ACTIONS
 
 # --- input -------------------------------------------------------------------------------------
 
@@ -30,21 +31,39 @@ class _ReplyOptionsInput(_ModelChoiceInput):
     )
 
 
+_FOLDER_HELP = "Make it in this folder of yours; without a system_prompt it starts with the folder's."
+TAG_LENGTH = 64
+
+
+def _tag_field(**kwargs: Any) -> StrictCharField:
+    return StrictCharField(max_length=TAG_LENGTH, trim_whitespace=True, **kwargs)
+
+
 class ConversationNewInput(_ReplyOptionsInput):
     prompt = PromptField(help_text="The user's first message.")
     title = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
     system_prompt = StrictCharField(required=False, allow_blank=True, default="")
+    folder_id = serializers.UUIDField(required=False, allow_null=True, help_text=_FOLDER_HELP)
 
 
 class ConversationCreateInput(_ModelChoiceInput):
     title = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
     system_prompt = StrictCharField(required=False, allow_blank=True, default="")
+    folder_id = serializers.UUIDField(required=False, allow_null=True, help_text=_FOLDER_HELP)
 
 
 class ConversationUpdateInput(_ModelChoiceInput):
     title = StrictCharField(required=False, allow_blank=True, max_length=255)
     system_prompt = StrictCharField(required=False, allow_blank=True)
     current_node = serializers.UUIDField(required=False, help_text="Switch branch: a message of this conversation.")
+    pinned = StrictBooleanField(required=False)
+    archived = StrictBooleanField(required=False)
+    tags = serializers.ListField(
+        child=_tag_field(), required=False, max_length=32, help_text="Replaces the conversation's tags."
+    )
+    folder_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="Move it into this folder of yours; null takes it out."
+    )
 
 
 class AskInput(_ReplyOptionsInput):
@@ -72,15 +91,65 @@ class MessageListQuery(serializers.Serializer):
     all = StrictBooleanField(required=False, default=False, help_text="Return every message, oldest first.")
 
 
-class ConversationListQuery(serializers.Serializer):
+ARCHIVED = {"true": True, "false": False, "all": None}
+
+
+class _ListFiltersQuery(serializers.Serializer):
     limit = serializers.IntegerField(required=False, default=20, min_value=1, max_value=100)
     offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=10**9)
+    archived = serializers.ChoiceField(
+        required=False, default="false", choices=list(ARCHIVED), help_text="Archived ones only, none, or all."
+    )
+    tag = _tag_field(required=False, help_text="Only conversations with this tag.")
+    folder_id = serializers.UUIDField(required=False, help_text="Only conversations in this folder.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs["archived"] = ARCHIVED[attrs["archived"]]
+        return attrs
+
+
+class ConversationListQuery(_ListFiltersQuery):
     q = StrictCharField(required=False, allow_blank=True, default="", help_text="Search in titles.")
     order = serializers.ChoiceField(
         required=False,
         default="-update_time",
         choices=list(ORDERINGS),
+        help_text="Pinned conversations come first whatever the order.",
     )
+    pinned = StrictBooleanField(required=False, allow_null=True, default=None, help_text="Only pinned (or unpinned).")
+
+
+class SearchQuery(_ListFiltersQuery):
+    q = StrictCharField(
+        max_length=1000,
+        help_text='A web-search query: words (matched by stem), "a phrase", -excluded, or.',
+    )
+
+
+class BulkInput(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.UUIDField(), min_length=1, max_length=1000)
+    action = serializers.ChoiceField(choices=list(BULK_ACTIONS))
+    tag = _tag_field(required=False, help_text="For tag and untag.")
+    folder_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="For move: the folder (null: out of any folder)."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["action"] in ("tag", "untag") and not attrs.get("tag"):
+            raise serializers.ValidationError({"tag": [f"Required for {attrs['action']}."]})
+        if attrs["action"] == "move" and "folder_id" not in attrs:
+            raise serializers.ValidationError({"folder_id": ["Required for move (null: out of any folder)."]})
+        return attrs
+
+
+class FolderInput(serializers.Serializer):
+    name = StrictCharField(max_length=100, trim_whitespace=True)
+    system_prompt = StrictCharField(required=False, allow_blank=True, default="")
+
+
+class FolderUpdateInput(serializers.Serializer):
+    name = StrictCharField(required=False, max_length=100, trim_whitespace=True)
+    system_prompt = StrictCharField(required=False, allow_blank=True)
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -226,6 +295,14 @@ class ConversationOutput(serializers.Serializer):
     message_count = serializers.SerializerMethodField()
     mapping = serializers.SerializerMethodField()
     current_node = serializers.SerializerMethodField()
+    pinned = serializers.BooleanField()
+    archived = serializers.BooleanField()
+    tags = serializers.SerializerMethodField()
+    folder_id = serializers.UUIDField(allow_null=True)
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_tags(self, conversation: Conversation) -> list[str]:
+        return conversation_tags(conversation=conversation)
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_model(self, conversation: Conversation) -> str:
@@ -261,3 +338,24 @@ class ConversationOutput(serializers.Serializer):
             return None
         node: uuid.UUID | None = conversation.current_node_id
         return str(node) if node else None
+
+
+class FolderOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    system_prompt = serializers.CharField()
+    create_time = serializers.DateTimeField(source="created_at")
+
+
+class BulkOutput(serializers.Serializer):
+    affected = serializers.IntegerField(help_text="How many conversations the action applied to.")
+
+
+class SearchResultOutput(serializers.Serializer):
+    conversation_id = serializers.UUIDField()
+    title = serializers.CharField()
+    message_id = serializers.UUIDField(allow_null=True, help_text="null for a match in the title.")
+    role = serializers.CharField(allow_null=True, help_text="user, assistant or system; null for a title match.")
+    snippet = serializers.CharField(help_text="HTML-escaped text around the matches, each in <mark>…</mark>.")
+    create_time = serializers.DateTimeField()
+    rank = serializers.FloatField(help_text="Higher is a better match.")

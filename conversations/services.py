@@ -15,11 +15,12 @@ from accounts.models import User
 from accounts.services import api_key_usage_record
 from chatapi.errors import ApplicationError, BackendError, Conflict, InvalidRequest, NotFound
 from conversations import llm
-from conversations.models import Conversation, Message
+from conversations.models import Conversation, ConversationTag, Folder, Message
 from conversations.selectors import (
     conversation_get_for_user,
     conversation_latest_for_origin,
     conversation_of_message_for_user,
+    folder_get_for_user,
     message_context_get,
     message_get_in_conversation,
     message_path_get,
@@ -59,10 +60,40 @@ def _conversation_insert(**fields: Any) -> Conversation:
 
 
 def conversation_create(
-    *, owner: User, title: str = "", model: str | None = None, system_prompt: str = ""
+    *,
+    owner: User,
+    title: str = "",
+    model: str | None = None,
+    system_prompt: str = "",
+    folder_id: uuid.UUID | None = None,
 ) -> Conversation:
+    """A new conversation; made in a folder, it starts with the folder's system prompt unless given one."""
     stored_model = _stored_model(model)  # validates before anything is written
-    return _conversation_insert(owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt)
+    folder = folder_get_for_user(user=owner, folder_id=folder_id, param="folder_id") if folder_id else None
+    if folder is not None and not system_prompt:
+        system_prompt = folder.system_prompt
+    return _conversation_insert(
+        owner=owner, title=title.strip(), model=stored_model, system_prompt=system_prompt, folder=folder
+    )
+
+
+MAX_TAGS = 32
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    """Tags stripped, without empty ones and repeats, in the order given."""
+    cleaned = list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
+    if len(cleaned) > MAX_TAGS:
+        raise InvalidRequest(f"A conversation has at most {MAX_TAGS} tags.", code="too_many_tags", param="tags")
+    return cleaned
+
+
+def _tags_set(conversation: Conversation, tags: list[str]) -> None:
+    ConversationTag.objects.filter(conversation=conversation).exclude(name__in=tags).delete()
+    existing = set(ConversationTag.objects.filter(conversation=conversation).values_list("name", flat=True))
+    ConversationTag.objects.bulk_create(
+        [ConversationTag(conversation=conversation, name=tag) for tag in tags if tag not in existing]
+    )
 
 
 def conversation_update(
@@ -72,8 +103,25 @@ def conversation_update(
     model: str | None | _Unset = UNSET,
     system_prompt: str | _Unset = UNSET,
     current_node: str | uuid.UUID | _Unset = UNSET,
+    pinned: bool | _Unset = UNSET,
+    archived: bool | _Unset = UNSET,
+    tags: list[str] | _Unset = UNSET,
+    folder_id: uuid.UUID | None | _Unset = UNSET,
 ) -> Conversation:
+    """Change what is given; `tags` replaces the conversation's tags, `folder_id: None` takes it out of its folder."""
     fields: list[str] = []
+    if not isinstance(pinned, _Unset):
+        conversation.pinned = pinned
+        fields.append("pinned")
+    if not isinstance(archived, _Unset):
+        conversation.archived = archived
+        fields.append("archived")
+    if not isinstance(folder_id, _Unset):
+        conversation.folder = (
+            folder_get_for_user(user=conversation.owner, folder_id=folder_id, param="folder_id") if folder_id else None
+        )
+        fields.append("folder")
+    cleaned_tags = _clean_tags(tags) if not isinstance(tags, _Unset) else None
     if not isinstance(title, _Unset):
         conversation.title = title.strip()
         fields.append("title")
@@ -87,8 +135,11 @@ def conversation_update(
         node = message_get_in_conversation(conversation=conversation, message_id=current_node, param="current_node")
         conversation.current_node = node
         fields.append("current_node")
-    if fields:
-        conversation.save(update_fields=fields)
+    with transaction.atomic():
+        if fields:
+            conversation.save(update_fields=fields)
+        if cleaned_tags is not None:
+            _tags_set(conversation, cleaned_tags)
     return conversation
 
 
@@ -427,11 +478,14 @@ def conversation_start_prepare(
     title: str = "",
     model: str | None = None,
     system_prompt: str = "",
+    folder_id: uuid.UUID | None = None,
     autocontinue: bool = False,
 ) -> ReplyJob:
     """`POST /conversations/new`: a new conversation with its first prompt stored."""
     _validate_prompt(prompt)
-    conversation = conversation_create(owner=owner, title=title, model=model, system_prompt=system_prompt)
+    conversation = conversation_create(
+        owner=owner, title=title, model=model, system_prompt=system_prompt, folder_id=folder_id
+    )
     return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
 
 
@@ -722,3 +776,84 @@ def conversation_fork(
             fork.current_node_id = copies[-1].pk
             fork.save(update_fields=["current_node"])
     return fork
+
+
+# --- folders and bulk actions -------------------------------------------------------------------
+
+
+def folder_create(*, owner: User, name: str, system_prompt: str = "") -> Folder:
+    return Folder.objects.create(owner=owner, name=_folder_name(name), system_prompt=system_prompt)
+
+
+def _folder_name(name: str) -> str:
+    if not name.strip():
+        raise InvalidRequest("name must not be empty.", code="empty_name", param="name")
+    return name.strip()
+
+
+def folder_update(*, folder: Folder, name: str | _Unset = UNSET, system_prompt: str | _Unset = UNSET) -> Folder:
+    """Rename it or change its system prompt (which only conversations made in it later start with)."""
+    fields = []
+    if not isinstance(name, _Unset):
+        folder.name = _folder_name(name)
+        fields.append("name")
+    if not isinstance(system_prompt, _Unset):
+        folder.system_prompt = system_prompt
+        fields.append("system_prompt")
+    if fields:
+        folder.save(update_fields=fields)
+    return folder
+
+
+def folder_delete(*, folder: Folder) -> None:
+    """Delete the folder; its conversations stay, outside any folder."""
+    folder.delete()
+
+
+BULK_ACTIONS = ("archive", "unarchive", "pin", "unpin", "delete", "tag", "untag", "move")
+
+
+def conversation_bulk_apply(
+    *,
+    owner: User,
+    ids: list[uuid.UUID],
+    action: str,
+    tag: str | None = None,
+    folder_id: uuid.UUID | None = None,
+) -> int:
+    """Apply `action` to the owner's conversations `ids`, all or nothing: when any id is not one of the
+    owner's conversations nothing changes (400, the ids named in `details`). Returns how many were affected."""
+    unique = list(dict.fromkeys(ids))
+    if action in ("tag", "untag"):
+        cleaned = (tag or "").strip()
+        if not cleaned:
+            raise InvalidRequest(f"tag is required for {action}.", code="tag_required", param="tag")
+    with transaction.atomic():
+        folder = folder_get_for_user(user=owner, folder_id=folder_id, param="folder_id") if folder_id else None
+        conversations = Conversation.objects.filter(owner=owner, pk__in=unique)
+        found = set(conversations.select_for_update().values_list("pk", flat=True))
+        missing = [str(pk) for pk in unique if pk not in found]
+        if missing:
+            raise InvalidRequest(
+                f"{len(missing)} of the ids are not conversations of yours; nothing was changed.",
+                code="invalid_conversation_ids",
+                param="ids",
+                details={"ids": missing},
+            )
+        if action == "delete":
+            conversations.delete()
+        elif action in ("archive", "unarchive"):
+            conversations.update(archived=action == "archive")
+        elif action in ("pin", "unpin"):
+            conversations.update(pinned=action == "pin")
+        elif action == "move":
+            conversations.update(folder=folder)
+        elif action == "tag":
+            ConversationTag.objects.bulk_create(
+                [ConversationTag(conversation_id=pk, name=cleaned) for pk in unique], ignore_conflicts=True
+            )
+        elif action == "untag":
+            ConversationTag.objects.filter(conversation_id__in=unique, name=cleaned).delete()
+        else:
+            raise InvalidRequest(f"Unknown action {action!r}.", code="invalid_action", param="action")
+    return len(unique)

@@ -25,23 +25,46 @@ from chatapi.idempotency import idempotent, mark_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
 from conversations import generations, selectors, services, streaming
-from conversations.models import Conversation, Message
+from conversations.models import Conversation, Folder, Message
 from conversations.serializers import (
     AskInput,
     AskOutput,
+    BulkInput,
+    BulkOutput,
     ConversationCreateInput,
     ConversationListQuery,
     ConversationNewInput,
     ConversationOutput,
     ConversationUpdateInput,
+    FolderInput,
+    FolderOutput,
+    FolderUpdateInput,
     ForkInput,
     MessageListQuery,
     MessageOutput,
     RegenerateInput,
     ReplyOutput,
+    SearchQuery,
+    SearchResultOutput,
 )
 
 CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+FOLDER_ID = OpenApiParameter("folder_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+TOTAL_COUNT = OpenApiParameter(
+    "X-Total-Count",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    required=True,
+    response=[200],
+    description="How many match, on every page.",
+)
+LINK = OpenApiParameter(
+    "Link",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    response=[200],
+    description='RFC 8288 links to the `rel="next"` and `rel="prev"` pages, when there are any.',
+)
 MESSAGE_ID = OpenApiParameter("message_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 
 # The answers of new, ask and regenerate: the stored reply as JSON, or (with `"stream": true` or
@@ -126,6 +149,22 @@ def _after(request: Request, reply: Message) -> int:
     return after
 
 
+def _paged(request: Request, response: Response, total: int, limit: int, offset: int) -> Response:
+    """`response` with the `X-Total-Count` and RFC 8288 `Link` headers of its page."""
+    response["X-Total-Count"] = str(total)
+    links = []
+    base = request.build_absolute_uri(request.path)
+    params = {key: value for key, value in request.query_params.items() if key not in ("limit", "offset")}
+    if offset + limit < total:
+        links.append(f'<{base}?{urlencode({**params, "limit": limit, "offset": offset + limit})}>; rel="next"')
+    if offset > 0:
+        prev_offset = max(offset - limit, 0)
+        links.append(f'<{base}?{urlencode({**params, "limit": limit, "offset": prev_offset})}>; rel="prev"')
+    if links:
+        response["Link"] = ", ".join(links)
+    return response
+
+
 def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
     messages = selectors.message_list_all(conversation=conversation)
     children = selectors.message_children_map(messages=messages, complete=True)
@@ -166,46 +205,50 @@ class ConversationViewSet(viewsets.ViewSet):
 
     @extend_schema(
         operation_id="conversations_list",
-        parameters=[
-            ConversationListQuery,
-            OpenApiParameter(
-                "X-Total-Count",
-                OpenApiTypes.INT,
-                OpenApiParameter.HEADER,
-                required=True,
-                response=[200],
-                description="How many conversations match, on every page.",
-            ),
-            OpenApiParameter(
-                "Link",
-                OpenApiTypes.STR,
-                OpenApiParameter.HEADER,
-                response=[200],
-                description='RFC 8288 links to the `rel="next"` and `rel="prev"` pages, when there are any.',
-            ),
-        ],
+        parameters=[ConversationListQuery, TOTAL_COUNT, LINK],
         responses={200: ConversationOutput(many=True), **ERROR_RESPONSES},
-        description="The caller's conversations, newest first. `X-Total-Count` and `Link` headers paginate.",
+        description=(
+            "The caller's conversations, pinned ones first, then newest first; archived ones are left out unless "
+            "`archived=true|all`. `X-Total-Count` and `Link` headers paginate."
+        ),
     )
     def list(self, request: AuthenticatedRequest) -> Response:
         query = _validated(ConversationListQuery, request.query_params)
-        conversations = selectors.conversation_list_for_user(user=request.user, q=query["q"], order=query["order"])
+        limit, offset = query.pop("limit"), query.pop("offset")
+        conversations = selectors.conversation_list_for_user(user=request.user, **query)
         total = conversations.count()
-        limit, offset = query["limit"], query["offset"]
-        page = list(conversations[offset : offset + limit])
-        response = Response(ConversationOutput(page, many=True).data)
-        response["X-Total-Count"] = str(total)
-        links = []
-        base = request.build_absolute_uri(request.path)
-        params = {key: value for key, value in request.query_params.items() if key not in ("limit", "offset")}
-        if offset + limit < total:
-            links.append(f'<{base}?{urlencode({**params, "limit": limit, "offset": offset + limit})}>; rel="next"')
-        if offset > 0:
-            prev_offset = max(offset - limit, 0)
-            links.append(f'<{base}?{urlencode({**params, "limit": limit, "offset": prev_offset})}>; rel="prev"')
-        if links:
-            response["Link"] = ", ".join(links)
-        return response
+        page = selectors.conversation_page_with_counts(conversations, offset, limit)
+        return _paged(request, Response(ConversationOutput(page, many=True).data), total, limit, offset)
+
+    @extend_schema(
+        operation_id="conversations_search",
+        parameters=[SearchQuery, TOTAL_COUNT, LINK],
+        responses={200: SearchResultOutput(many=True), **ERROR_RESPONSES},
+        description=(
+            "Full-text search of the caller's messages and titles, best match first. The query reads like a web "
+            'search: words (matched by stem), `"a phrase"`, `-excluded`, `or`. A title match has `message_id: '
+            "null`. Filters as in the list (archived conversations are left out unless `archived=true|all`)."
+        ),
+    )
+    def search(self, request: AuthenticatedRequest) -> Response:
+        query = _validated(SearchQuery, request.query_params)
+        result = selectors.search_for_user(user=request.user, **query)
+        data = SearchResultOutput(result.hits, many=True).data
+        return _paged(request, Response(data), result.total, query["limit"], query["offset"])
+
+    @extend_schema(
+        operation_id="conversations_bulk",
+        request=BulkInput,
+        responses={200: BulkOutput, **ERROR_RESPONSES},
+        description=(
+            "One action on many of the caller's conversations, all or nothing: an id that is not the caller's "
+            "conversation is a `400` naming it in `details.ids`, and nothing changes."
+        ),
+    )
+    def bulk(self, request: AuthenticatedRequest) -> Response:
+        data = _validated(BulkInput, request.data)
+        affected = services.conversation_bulk_apply(owner=request.user, **data)
+        return Response({"affected": affected})
 
     @extend_schema(
         operation_id="conversations_create",
@@ -302,6 +345,55 @@ class ConversationViewSet(viewsets.ViewSet):
         data = _validated(ForkInput, request.data)
         fork = services.conversation_fork(conversation=conversation, **data)
         return Response(_conversation_detail(fork), status=status.HTTP_201_CREATED)
+
+
+class FolderViewSet(viewsets.ViewSet):
+    """The caller's folders; anybody else's are a 404."""
+
+    def _folder(self, request: AuthenticatedRequest, folder_id: str) -> Folder:
+        return selectors.folder_get_for_user(user=request.user, folder_id=folder_id)
+
+    @extend_schema(operation_id="folders_list", responses={200: FolderOutput(many=True), **ERROR_RESPONSES})
+    def list(self, request: AuthenticatedRequest) -> Response:
+        return Response(FolderOutput(selectors.folder_list_for_user(user=request.user), many=True).data)
+
+    @extend_schema(
+        operation_id="folders_create",
+        request=FolderInput,
+        responses={201: FolderOutput, **ERROR_RESPONSES},
+        description="A folder; conversations made in it start with its `system_prompt` (unless given their own).",
+    )
+    def create(self, request: AuthenticatedRequest) -> Response:
+        data = _validated(FolderInput, request.data)
+        folder = services.folder_create(owner=request.user, **data)
+        return Response(FolderOutput(folder).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="folders_retrieve", parameters=[FOLDER_ID], responses={200: FolderOutput, **ERROR_RESPONSES}
+    )
+    def retrieve(self, request: AuthenticatedRequest, folder_id: str) -> Response:
+        return Response(FolderOutput(self._folder(request, folder_id)).data)
+
+    @extend_schema(
+        operation_id="folders_update",
+        parameters=[FOLDER_ID],
+        request=FolderUpdateInput,
+        responses={200: FolderOutput, **ERROR_RESPONSES},
+    )
+    def partial_update(self, request: AuthenticatedRequest, folder_id: str) -> Response:
+        folder = self._folder(request, folder_id)
+        data = _validated(FolderUpdateInput, request.data)
+        return Response(FolderOutput(services.folder_update(folder=folder, **data)).data)
+
+    @extend_schema(
+        operation_id="folders_destroy",
+        parameters=[FOLDER_ID],
+        responses={204: None, **ERROR_RESPONSES},
+        description="Delete the folder; its conversations stay, outside any folder.",
+    )
+    def destroy(self, request: AuthenticatedRequest, folder_id: str) -> Response:
+        services.folder_delete(folder=self._folder(request, folder_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ReplyViewSet(LimitHeadersMixin, ConnectionReleasing, AsyncViewSet):

@@ -227,6 +227,7 @@ def test_detail_has_a_mapping_of_the_whole_tree(api, backend):
     detail = api.get(f"/conversations/{cid}").json()
 
     keys = "id title create_time update_time model system_prompt message_count mapping current_node"
+    keys += " pinned archived tags folder_id"
     assert set(detail) == set(keys.split())
     assert detail["message_count"] == 6
     assert len(detail["mapping"]) == 6
