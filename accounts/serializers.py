@@ -13,7 +13,10 @@ from chatapi.fields import StrictCharField, StrictIntegerField
 
 
 def _limit_field(help_text: str) -> StrictIntegerField:
-    return StrictIntegerField(required=False, allow_null=True, min_value=0, help_text=f"{help_text} 0: no limit.")
+    # The bound keeps a number the database cannot store (a 500) out: far above any real limit.
+    return StrictIntegerField(
+        required=False, allow_null=True, min_value=0, max_value=2**31 - 1, help_text=f"{help_text} 0: no limit."
+    )
 
 
 class APIKeyLimitsInput(serializers.Serializer):

@@ -110,7 +110,7 @@ def _content_text(content: Any, param: str) -> str:
         if not isinstance(part, dict):
             raise InvalidRequest(f"{param}[{j}] must be an object.", param=f"{param}[{j}]")
         kind = part.get("type")
-        if kind not in TEXT_PARTS:
+        if not isinstance(kind, str) or kind not in TEXT_PARTS:  # (an object is no type: not even hashable)
             raise InvalidRequest(
                 f"{param}[{j}].type {kind!r} is not supported: only text (input_text) content is.",
                 code="unsupported_content_type",
@@ -138,7 +138,7 @@ def _turn(value: Any) -> list[TurnInput]:
                 param=f"input[{i}].type",
             )
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"input[{i}].role must be one of {', '.join(sorted(ROLES))}.", param=f"input[{i}].role"
             )

@@ -169,3 +169,10 @@ def test_keys_endpoints_need_a_key():
     for response in (client.get("/api/keys"), client.post("/api/keys"), client.delete(f"/api/keys/{uuid.uuid4()}")):
         assert_error(response, 401, "authentication_error")
         assert response["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_limit_too_large_to_store_is_a_400(api):
+    # Found by the fuzzer: a number past the database's integer was a 500.
+    response = api.post("/api/keys", {"name": "huge", "budget_tokens": 3278548239571528285648060416}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "budget_tokens"

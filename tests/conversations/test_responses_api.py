@@ -291,3 +291,17 @@ def test_a_repeated_idempotency_key_gets_the_same_response_without_a_second_turn
     assert again.id == first.id and again.output_text == first.output_text
     assert len(backend.requests) == 1
     assert Message.objects.filter(content="only once").count() == 1
+
+
+def test_an_input_part_whose_type_is_not_a_string_is_a_400(sdk, backend, key, live_url):
+    import requests
+
+    body = {
+        "model": "test-model",
+        "input": [{"type": "message", "role": "user", "content": [{"type": {}, "text": ""}]}],
+    }
+    response = requests.post(
+        f"{live_url}/v1/responses", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+    assert response.status_code == 400  # (found by the fuzzer: it was a 500)
+    assert response.json()["error"]["param"] == "input[0].content[0].type"
