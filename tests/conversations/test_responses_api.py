@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import openai
 import pytest
@@ -296,7 +297,7 @@ def test_a_repeated_idempotency_key_gets_the_same_response_without_a_second_turn
 def test_an_input_part_whose_type_is_not_a_string_is_a_400(sdk, backend, key, live_url):
     import requests
 
-    body = {
+    body: dict[str, Any] = {
         "model": "test-model",
         "input": [{"type": "message", "role": "user", "content": [{"type": {}, "text": ""}]}],
     }
