@@ -54,8 +54,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "chatapi.middleware.RequestGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # Static files (the admin's, the API docs'). Every middleware here is async-capable, so a request makes
-    # no hop between threads and the event loop.
+    # Static files (the admin's, the API docs'), async-capable like every middleware here, so that none makes
+    # the whole chain synchronous. (Django's own MiddlewareMixin ones still run their hooks in a thread each
+    # under ASGI: about 12 hops a request, measured at 1-2 ms of CPU an ask; see the closing note of stop 10.)
     "chatapi.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
