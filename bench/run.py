@@ -756,7 +756,8 @@ async def measure(stack: Stack, service: Service, args: argparse.Namespace) -> d
 
 def resume_load(args: argparse.Namespace) -> tuple[int, int]:
     """Concurrency and number of the resumed streams."""
-    return (20, 100) if args.quick else (50, 500)
+    concurrency = args.resume_concurrency or (20 if args.quick else 50)
+    return concurrency, concurrency * 5 if args.quick else concurrency * 10
 
 
 async def resume_across(stack: Stack, services: list[Service], args: argparse.Namespace) -> dict[str, Any]:
@@ -874,6 +875,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer requests")
     parser.add_argument("--streams", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--resume-concurrency", type=int, help="streams resumed at once (default 50, 20 --quick)")
     parser.add_argument("--soak", type=int, default=0, metavar="N", help="also N mixed requests, memory sampled")
     parser.add_argument("--soak-max-seconds", type=float, default=1200, help="the soak stops there, whatever N")
     parser.add_argument(
