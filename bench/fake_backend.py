@@ -2,7 +2,9 @@
 
 `python bench/fake_backend.py --port 9000 --chunks 50 --chunk-delay 0.02`. Non-streamed requests are
 answered at once; streamed ones send `--chunks` content chunks `--chunk-delay` seconds apart (the
-first at once), then usage and `[DONE]`.
+first at once), then usage and `[DONE]`. A model whose name ends in `-instant` streams the short reply
+of a non-streamed request instead, word by word and at once: the service now streams every persisted
+reply from the backend, streamed to its client or not.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ def _response(status: str, body: bytes, content_type: bytes = b"application/json
         b"HTTP/1.1 " + status.encode() + b"\r\ncontent-type: " + content_type
         + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )  # fmt: skip
+
+
+REPLY = "A short benchmark reply."
+INSTANT_PIECES = [word + " " for word in REPLY.split()[:-1]] + [REPLY.split()[-1]]
 
 
 class Backend(asyncio.Protocol):
@@ -79,7 +85,7 @@ class Backend(asyncio.Protocol):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "A short benchmark reply."},
+                        "message": {"role": "assistant", "content": REPLY},
                         "finish_reason": "stop",
                     }
                 ],
@@ -97,16 +103,20 @@ class Backend(asyncio.Protocol):
             data = f"data: {payload}\n\n".encode()
             write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
+        if model.endswith("-instant"):
+            pieces, delay = INSTANT_PIECES, 0.0
+        else:
+            pieces, delay = [f"tok{i} " for i in range(self.chunks)], self.chunk_delay
         try:
-            for i in range(self.chunks):
+            for i, piece in enumerate(pieces):
                 if self.transport.is_closing():
                     return
-                chunk(head + '[{"index":0,"delta":{"content":"tok' + str(i) + ' "},"finish_reason":null}]}')
-                if i < self.chunks - 1 and self.chunk_delay:
-                    await asyncio.sleep(self.chunk_delay)
+                chunk(head + '[{"index":0,"delta":{"content":' + json.dumps(piece) + '},"finish_reason":null}]}')
+                if i < len(pieces) - 1 and delay:
+                    await asyncio.sleep(delay)
             chunk(head + '[{"index":0,"delta":{},"finish_reason":"stop"}]}')
             if (request.get("stream_options") or {}).get("include_usage"):
-                usage = f'{{"prompt_tokens":10,"completion_tokens":{self.chunks},"total_tokens":{10 + self.chunks}}}'
+                usage = f'{{"prompt_tokens":10,"completion_tokens":{len(pieces)},"total_tokens":{10 + len(pieces)}}}'
                 chunk(head + '[],"usage":' + usage + "}")
             chunk("[DONE]")
             write(b"0\r\n\r\n")

@@ -1,12 +1,17 @@
-"""chatapi benchmark: the service under uvicorn (one worker) in front of a fast fake backend, on loopback.
+"""chatapi benchmark: the service under uvicorn in front of a fast fake backend, on loopback.
 
-    .venv/bin/python bench/run.py            # SQLite
-    .venv/bin/python bench/run.py --pg       # PostgreSQL (postgres://postgres@127.0.0.1:5432/chatapi_bench)
-    .venv/bin/python bench/run.py --quick    # fewer requests, for a smoke run
+    .venv/bin/python bench/run.py                             # SQLite, one worker
+    .venv/bin/python bench/run.py --pg                        # PostgreSQL (postgres://postgres@127.0.0.1:5432/chatapi_bench)
+    .venv/bin/python bench/run.py --pg --workers 2 --redis    # production: two workers sharing PostgreSQL and Redis
+    .venv/bin/python bench/run.py --quick                     # fewer requests, for a smoke run
+    .venv/bin/python bench/run.py --pg --workers 2 --redis --only soak --soak 100000   # memory over many requests
 
 Prints a table and writes the numbers as JSON (default bench/results/latest.json) so that a later run
 can be compared. Not part of the test suite: ratios in one run mean something, absolute numbers on a
-shared machine less so.
+shared machine less so. The service's CPU time is that of all its processes (uvicorn's supervisor and
+its workers), its memory that of each worker. With several workers, the resume scenario runs on two
+single-worker services (uvicorn's workers share one socket: which one a connection reaches cannot be
+chosen), each stream resumed through the one not generating it, so from Redis.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +40,12 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# The model of the streams: the fake backend sends 50 chunks 20 ms apart, about a second.
 MODEL = "bench-model"
+# The model of everything else: the fake backend streams its short reply at once (fake_backend.py), as it
+# answers a non-streamed request, since the service streams every persisted reply from the backend.
+INSTANT = "bench-instant"
+CHUNKS, CHUNK_DELAY = 50, 0.02
 
 
 def free_port() -> int:
@@ -49,18 +60,43 @@ def raise_fd_limit() -> None:
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:  # it exited
+        pass
     return 0.0
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) the process has used so far: what a request costs, however noisy the machine."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listed:
+                found.extend(int(child) for child in listed.read().split())
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as line:
+            return line.read().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -71,16 +107,40 @@ def pct(values: list[float], q: float) -> float:
 
 
 @dataclass
+class Service:
+    """A uvicorn process serving chatapi: the worker itself, or with --workers N a supervisor and N workers."""
+
+    url: str
+    process: subprocess.Popen
+    workers: int
+    startup_seconds: float = 0.0
+
+    def worker_pids(self) -> list[int]:
+        if self.workers == 1:
+            return [self.process.pid]
+        # uvicorn spawns its workers with multiprocessing (spawn_main); multiprocessing's resource tracker is not one.
+        return [pid for pid in children(self.process.pid) if "spawn_main" in cmdline(pid)]
+
+    def cpu_seconds(self) -> float:
+        """The CPU time of the supervisor and all its descendants, workers included."""
+        pids, seen = [self.process.pid], 0
+        while seen < len(pids) < 100:
+            pids.extend(children(pids[seen]))
+            seen += 1
+        return sum(cpu_seconds(pid) for pid in pids)
+
+    def worker_rss_mb(self) -> list[float]:
+        return [rss_mb(pid) for pid in self.worker_pids()]
+
+
+@dataclass
 class Stack:
-    """The fake backend and the service, both running."""
+    """The fake backend and the database the services run on."""
 
     env: dict[str, str]
-    service_url: str
     backend_url: str
     key: str
-    service: subprocess.Popen
     backend: subprocess.Popen
-    startup_seconds: float
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,10 +167,20 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30) -> fl
     raise SystemExit("the service did not become healthy")
 
 
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
-def stack(database_url: str, chunks: int, chunk_delay: float, settings: dict[str, str] | None = None):
-    backend_port, service_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_"))}
+def stack(database_url: str, settings: dict[str, str]) -> Iterator[Stack]:
+    """The database migrated with a user and a key, and the fake backend running."""
+    backend_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_", "REDIS_"))}
     env.update(
         {
             "DATABASE_URL": database_url,
@@ -119,57 +189,75 @@ def stack(database_url: str, chunks: int, chunk_delay: float, settings: dict[str
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "OPENAI_BASE_URL": f"http://127.0.0.1:{backend_port}/v1",
             "OPENAI_API_KEY": "bench-not-a-real-key",
-            "CHATAPI_MODELS": MODEL,
+            "CHATAPI_MODELS": f"{MODEL},{INSTANT}",
             "CHATAPI_BACKEND_MAX_RETRIES": "0",
             "CHATAPI_LOG_LEVEL": "WARNING",
-            **(settings or {}),
+            **settings,
         }
     )
     manage(env, "migrate", "--noinput")
     manage(env, "create_user", "bench")
     key = manage(env, "create_api_key", "bench", "--name", "bench").strip()
     backend = subprocess.Popen(
-        [PYTHON, str(ROOT / "bench" / "fake_backend.py"), "--port", str(backend_port), "--chunks", str(chunks),
-         "--chunk-delay", str(chunk_delay)],
+        [PYTHON, str(ROOT / "bench" / "fake_backend.py"), "--port", str(backend_port), "--chunks", str(CHUNKS),
+         "--chunk-delay", str(CHUNK_DELAY)],
         preexec_fn=raise_fd_limit,
     )  # fmt: skip
-    started = time.monotonic()
-    service = subprocess.Popen(
-        [PYTHON, "-m", "uvicorn", "chatapi.asgi:application", "--host", "127.0.0.1", "--port", str(service_port),
-         "--workers", "1", "--no-access-log", "--log-level", "warning", "--backlog", "4096"],
-        cwd=ROOT, env=env, preexec_fn=raise_fd_limit,
-    )  # fmt: skip
-    service_url = f"http://127.0.0.1:{service_port}"
     try:
-        wait_healthy(service_url, service)
-        startup = time.monotonic() - started
-        yield Stack(env, service_url, f"http://127.0.0.1:{backend_port}", key, service, backend, startup)
+        yield Stack(env, f"http://127.0.0.1:{backend_port}", key, backend)
     finally:
-        for process in (service, backend):
-            process.send_signal(signal.SIGINT)
-        for process in (service, backend):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(backend)
+
+
+@contextmanager
+def serve(stack: Stack, workers: int) -> Iterator[Service]:
+    """uvicorn with `workers` worker processes (one: no supervisor) on a port of its own."""
+    port = free_port()
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "uvicorn", "chatapi.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--no-access-log", "--log-level", "warning", "--backlog", "4096"],
+        cwd=ROOT, env=stack.env, preexec_fn=raise_fd_limit,
+    )  # fmt: skip
+    service = Service(f"http://127.0.0.1:{port}", process, workers)
+    try:
+        wait_healthy(service.url, process)
+        service.startup_seconds = time.monotonic() - started
+        # With several workers /healthz answers as soon as one does: wait until all of them are up and idle.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            cpu = service.cpu_seconds()
+            time.sleep(0.2)
+            if len(service.worker_pids()) == workers and service.cpu_seconds() - cpu < 0.02:
+                break
+        yield service
+    finally:
+        stop(process)
 
 
 class Client:
-    def __init__(self, stack: Stack) -> None:
+    """Requests to one service (`url`: another one's for the resume scenario) and to the backend directly."""
+
+    def __init__(self, stack: Stack, service: Service) -> None:
         self.stack = stack
+        self.service = service
+        self.url = service.url
+        timeout = aiohttp.ClientTimeout(total=120)
+        # Idle connections are closed before uvicorn's keep-alive timeout (5 s) would close them under a request.
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
-            timeout=aiohttp.ClientTimeout(total=120),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3), timeout=timeout
         )
+        # A new connection for every request: a client coming back after losing its stream.
+        self.fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True), timeout=timeout)
         self.auth = {"Authorization": f"Bearer {stack.key}"}
-        self.pid = stack.service.pid
 
     async def close(self) -> None:
         await self.session.close()
+        await self.fresh.close()
 
-    async def new_conversation(self) -> tuple[str, str]:
+    async def new_conversation(self, url: str | None = None) -> tuple[str, str]:
         async with self.session.post(
-            f"{self.stack.service_url}/conversations/new", json={"prompt": "hello"}, headers=self.auth
+            f"{url or self.url}/conversations/new", json={"prompt": "hello", "model": INSTANT}, headers=self.auth
         ) as response:
             body = await response.json()
             assert response.status == 201, body
@@ -179,21 +267,27 @@ class Client:
         """A persisted non-streaming ask, always from the same parent so the thread depth stays the same."""
         started = time.perf_counter()
         async with self.session.post(
-            f"{self.stack.service_url}/conversations/{conversation_id}/ask",
+            f"{self.url}/conversations/{conversation_id}/ask",
             json={"prompt": "How are you?", "parent_id": parent_id},
             headers=self.auth,
         ) as response:
             await response.read()
             return time.perf_counter() - started, response.status == 201
 
+    async def get(self, path: str) -> tuple[float, bool]:
+        started = time.perf_counter()
+        async with self.session.get(f"{self.url}{path}", headers=self.auth) as response:
+            await response.read()
+            return time.perf_counter() - started, response.status == 200
+
     async def v1(self, stream: bool = False, conversation_id: str | None = None) -> tuple[float, bool]:
         """`/v1/chat/completions` through the service: stateless, or stateful with X-Conversation-Id."""
         started = time.perf_counter()
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
+        # A stateful request is a persisted reply, streamed from the backend: the instant model, as for an ask.
+        model = INSTANT if conversation_id else MODEL
+        body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
         headers = {**self.auth, "X-Conversation-Id": conversation_id} if conversation_id else self.auth
-        async with self.session.post(
-            f"{self.stack.service_url}/v1/chat/completions", json=body, headers=headers
-        ) as response:
+        async with self.session.post(f"{self.url}/v1/chat/completions", json=body, headers=headers) as response:
             await response.read()
             return time.perf_counter() - started, response.status == 200
 
@@ -215,14 +309,16 @@ class Client:
                     first = time.perf_counter() - started
             return first or float("nan"), time.perf_counter() - started, response.status == 200
 
-    async def stream_service(self, conversation_id: str, parent_id: str) -> tuple[float, float, bool]:
+    async def stream_service(
+        self, conversation_id: str, parent_id: str, model: str = MODEL
+    ) -> tuple[float, float, bool]:
         """Time to the first `delta` event and to `completed`, through the service."""
         started = time.perf_counter()
         first = None
         completed = False
         async with self.session.post(
-            f"{self.stack.service_url}/conversations/{conversation_id}/ask",
-            json={"prompt": "Tell me a story", "parent_id": parent_id, "stream": True},
+            f"{self.url}/conversations/{conversation_id}/ask",
+            json={"prompt": "Tell me a story", "parent_id": parent_id, "stream": True, "model": model},
             headers=self.auth,
         ) as response:
             async for line in response.content:
@@ -232,6 +328,53 @@ class Client:
                     completed = True
             ok = response.status == 200 and completed
             return first or float("nan"), time.perf_counter() - started, ok
+
+    async def stream_and_hang_up(
+        self, url: str, conversation_id: str, parent_id: str, deltas: int, model: str = MODEL
+    ) -> tuple[str, int]:
+        """Start a streamed ask, read its first `deltas` deltas and close the connection: the reply's id and the
+        id of the last event read."""
+        async with self.session.post(
+            f"{url}/conversations/{conversation_id}/ask",
+            json={"prompt": "Tell me a story", "parent_id": parent_id, "stream": True, "model": model},
+            headers=self.auth,
+        ) as response:
+            assert response.status == 200, await response.text()
+            reply_id, last, seen = "", 0, 0
+            async for line in response.content:
+                if line.startswith(b"id: "):
+                    last = int(line[4:])
+                elif line.startswith(b"event: delta"):
+                    seen += 1
+                elif line.startswith(b"data: ") and not reply_id:
+                    reply_id = json.loads(line[6:])["response_id"]  # the `created` event's
+                if seen >= deltas and line == b"\n":
+                    break
+            response.close()
+            return reply_id, last
+
+    async def resume(self, url: str, conversation_id: str, reply_id: str, after: int) -> tuple[float, int, bool]:
+        """GET the reply's stream after `after` on a new connection, to its end: the time from connecting to the
+        first event, the deltas read, and whether the ids followed `after` without a gap up to `completed`."""
+        started = time.perf_counter()
+        first = float("nan")
+        ids: list[int] = []
+        deltas, completed = 0, False
+        async with self.fresh.get(
+            f"{url}/conversations/{conversation_id}/messages/{reply_id}/stream",
+            headers={**self.auth, "Last-Event-ID": str(after)},
+        ) as response:
+            async for line in response.content:
+                if line.startswith(b"id: "):
+                    if not ids:
+                        first = time.perf_counter() - started
+                    ids.append(int(line[4:]))
+                elif line.startswith(b"event: delta"):
+                    deltas += 1
+                elif line.startswith(b"event: completed"):
+                    completed = True
+            in_order = ids == list(range(after + 1, after + 1 + len(ids)))
+            return first, deltas, response.status == 200 and completed and in_order
 
 
 async def run_fixed(concurrency: int, total: int, make_call) -> tuple[list[float], int, float]:
@@ -263,14 +406,14 @@ async def scenario_overhead(client: Client, n: int) -> dict[str, Any]:
         await client.ask(conversation_id, parent_id)
         await client.direct()
     service, direct = [], []
-    cpu = cpu_seconds(client.pid)
+    cpu = client.service.cpu_seconds()
     for _ in range(n):  # interleaved, so that both see the same machine
         service.append((await client.ask(conversation_id, parent_id))[0])
         direct.append((await client.direct())[0])
     ms = 1000
     return {
         "requests": n,
-        "service_cpu_ms_per_request": (cpu_seconds(client.pid) - cpu) / n * ms,
+        "service_cpu_ms_per_request": (client.service.cpu_seconds() - cpu) / n * ms,
         "service_p50_ms": pct(service, 50) * ms,
         "service_p99_ms": pct(service, 99) * ms,
         "direct_p50_ms": pct(direct, 50) * ms,
@@ -288,13 +431,13 @@ async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
             await client.v1(stream)
             await client.direct(stream)
         service, direct = [], []
-        cpu = cpu_seconds(client.pid)
+        cpu = client.service.cpu_seconds()
         # A stream lasts a second (50 chunks, 20 ms apart): fewer of them.
         for _ in range(n if not stream else max(10, n // 10)):
             service.append((await client.v1(stream))[0])
             direct.append((await client.direct(stream))[0])
         name = "stream" if stream else "non_stream"
-        out[f"{name}_service_cpu_ms_per_request"] = (cpu_seconds(client.pid) - cpu) / len(service) * 1000
+        out[f"{name}_service_cpu_ms_per_request"] = (client.service.cpu_seconds() - cpu) / len(service) * 1000
         # A stream's total time is dominated by the backend's 50 × 20 ms: overhead is the difference.
         out[f"{name}_service_p50_ms"] = pct(service, 50) * 1000
         out[f"{name}_direct_p50_ms"] = pct(direct, 50) * 1000
@@ -316,13 +459,13 @@ async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
 async def scenario_throughput(client: Client, concurrency: int, total: int) -> dict[str, Any]:
     threads = [await client.new_conversation() for _ in range(concurrency)]
     await run_fixed(concurrency, concurrency * 4, lambda i: client.ask(*threads[i]))  # warm-up
-    cpu = cpu_seconds(client.pid)
+    cpu = client.service.cpu_seconds()
     latencies, errors, wall = await run_fixed(concurrency, total, lambda i: client.ask(*threads[i]))
     return {
         "concurrency": concurrency,
         "requests": total,
         "errors": errors,
-        "service_cpu_ms_per_request": (cpu_seconds(client.pid) - cpu) / total * 1000,
+        "service_cpu_ms_per_request": (client.service.cpu_seconds() - cpu) / total * 1000,
         "req_per_s": len(latencies) / wall,
         "p50_ms": pct(latencies, 50) * 1000,
         "p99_ms": pct(latencies, 99) * 1000,
@@ -363,19 +506,20 @@ async def scenario_ttfb(client: Client, concurrency: int, total: int) -> dict[st
     }
 
 
-async def scenario_held_streams(client: Client, count: int, pid: int) -> dict[str, Any]:
+async def scenario_held_streams(client: Client, count: int) -> dict[str, Any]:
     threads = [await client.new_conversation() for _ in range(min(count, 50))]
-    peak = rss_mb(pid)
+    service = client.service
+    peaks = service.worker_rss_mb()
     done = asyncio.Event()
 
     async def sample() -> None:
-        nonlocal peak
+        nonlocal peaks
         while not done.is_set():
-            peak = max(peak, rss_mb(pid))
+            peaks = [max(peak, now) for peak, now in zip(peaks, service.worker_rss_mb(), strict=False)]
             await asyncio.sleep(0.05)
 
     sampler = asyncio.create_task(sample())
-    cpu = cpu_seconds(pid)
+    cpu = service.cpu_seconds()
     started = time.perf_counter()
 
     async def one(i: int) -> tuple[float, bool]:
@@ -392,12 +536,127 @@ async def scenario_held_streams(client: Client, count: int, pid: int) -> dict[st
     totals = [t for t, ok in outcomes if ok]
     return {
         "streams": count,
-        "service_cpu_ms_per_stream": (cpu_seconds(pid) - cpu) / count * 1000,
+        "service_cpu_ms_per_stream": (service.cpu_seconds() - cpu) / count * 1000,
         "errors": sum(1 for _, ok in outcomes if not ok),
         "total_p50_s": pct(totals, 50),
         "total_p99_s": pct(totals, 99),
         "wall_s": wall,
-        "peak_rss_mb": peak,
+        "peak_rss_mb": max(peaks),  # the worker that grew most
+        "peak_rss_mb_per_worker": peaks,
+    }
+
+
+# How a client loses its stream: after this many deltas, and comes back this much later, half-way through the reply.
+RESUME_AFTER_DELTAS = 5
+RESUME_PAUSE = 0.2
+
+
+async def scenario_resume(client: Client, urls: list[str], concurrency: int, total: int) -> dict[str, Any]:
+    """Streams started through urls[i % n], hung up on after a few deltas, and resumed a moment later with
+    Last-Event-ID through the next url (the other worker when there are two, a stream of events from Redis):
+    the time from connecting to the first event, and that nothing was lost."""
+    threads = [await client.new_conversation() for _ in range(concurrency)]
+    first: list[float] = []
+    lost = 0
+    count = 0
+
+    async def one(i: int) -> tuple[float, bool]:
+        nonlocal lost, count
+        start_url, resume_url = urls[count % len(urls)], urls[(count + 1) % len(urls)]
+        count += 1
+        reply_id, last = await client.stream_and_hang_up(start_url, *threads[i], deltas=RESUME_AFTER_DELTAS)
+        await asyncio.sleep(RESUME_PAUSE)
+        latency, deltas, ok = await client.resume(resume_url, threads[i][0], reply_id, last)
+        # Event 1 is `created`, 2 to CHUNKS + 1 the deltas: together the two streams carry all of them.
+        if deltas != CHUNKS - (last - 1):
+            lost += 1
+            ok = False
+        first.append(latency)
+        return latency, ok
+
+    await run_fixed(concurrency, concurrency, one)  # warm-up
+    first.clear()
+    lost = 0
+    _, errors, wall = await run_fixed(concurrency, total, one)
+    return {
+        "concurrency": concurrency,
+        "streams": total,
+        "through": "the other worker" if len(urls) > 1 else "the same worker",
+        "errors": errors,
+        "lost_events": lost,
+        "first_event_p50_ms": pct(first, 50) * 1000,
+        "first_event_p95_ms": pct(first, 95) * 1000,
+        "first_event_p99_ms": pct(first, 99) * 1000,
+        "wall_s": wall,
+    }
+
+
+# One soak round: 20 requests of these kinds, in this proportion.
+SOAK_MIX = ("ask",) * 9 + ("v1",) * 3 + ("list", "list", "messages", "messages", "new", "stateful", "stream", "resume")
+
+
+async def scenario_soak(client: Client, total: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+    """`total` mixed requests (SOAK_MIX: asks, stateless and stateful /v1, lists, streams and resumed streams of
+    short replies) at `concurrency`, the workers' memory sampled every 10,000: a leak shows as a steady climb."""
+    service = client.service
+    checkpoints: list[dict[str, Any]] = []
+    issued = done = errors = 0
+    started = time.perf_counter()
+    cpu = service.cpu_seconds()
+
+    async def call(kind: str, thread: tuple[str, str]) -> tuple[bool, tuple[str, str]]:
+        cid, parent = thread
+        if kind == "ask":
+            return (await client.ask(cid, parent))[1], thread
+        if kind == "v1":
+            return (await client.v1(False))[1], thread
+        if kind == "list":
+            return (await client.get("/conversations"))[1], thread
+        if kind == "messages":
+            return (await client.get(f"/conversations/{cid}/messages"))[1], thread
+        if kind == "new":  # a fresh thread now and then, so that no thread grows without end
+            return True, await client.new_conversation()
+        if kind == "stateful":
+            return (await client.v1(False, "new"))[1], thread
+        if kind == "stream":
+            return (await client.stream_service(cid, parent, model=INSTANT))[2], thread
+        # "resume": a streamed short reply, hung up on after its first delta, then its stream again (two requests)
+        reply_id, last = await client.stream_and_hang_up(client.url, cid, parent, deltas=1, model=INSTANT)
+        return (await client.resume(client.url, cid, reply_id, last))[2], thread
+
+    async def worker() -> None:
+        nonlocal issued, done, errors
+        thread = await client.new_conversation()
+        while issued < total and time.perf_counter() - started < max_seconds:
+            kind = SOAK_MIX[issued % len(SOAK_MIX)]
+            issued += 1
+            try:
+                ok, thread = await call(kind, thread)
+            except (TimeoutError, aiohttp.ClientError, AssertionError):
+                ok = False
+            errors += not ok
+            done += 1
+            if done % 10_000 == 0 or done == total:
+                rss = service.worker_rss_mb()
+                checkpoints.append({"requests": done, "s": time.perf_counter() - started, "rss_mb": rss})
+                print(f"  {done} requests, {time.perf_counter() - started:.0f} s, RSS {rss} MB", flush=True)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    if not checkpoints or checkpoints[-1]["requests"] != done:  # stopped by max_seconds
+        checkpoints.append({"requests": done, "s": wall, "rss_mb": service.worker_rss_mb()})
+    first = next((c for c in checkpoints if c["requests"] == 10_000), checkpoints[0] if checkpoints else None)
+    last = checkpoints[-1] if checkpoints else None
+    growth = sum(last["rss_mb"]) / sum(first["rss_mb"]) - 1 if first and last else float("nan")
+    return {
+        "requests": done,
+        "errors": errors,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "req_per_s": done / wall,
+        "service_cpu_ms_per_request": (service.cpu_seconds() - cpu) / max(done, 1) * 1000,
+        "checkpoints": checkpoints,
+        "rss_growth_from_first_checkpoint": growth,
     }
 
 
@@ -447,18 +706,18 @@ print(json.dumps(counts))
     return {"depth_2": counts["2"], "depth_200": counts["200"], "equal": counts["2"] == counts["200"]}
 
 
-async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    client = Client(stack)
-    pid = stack.service.pid
+async def measure(stack: Stack, service: Service, args: argparse.Namespace) -> dict[str, Any]:
+    client = Client(stack, service)
 
     def wanted(name: str) -> bool:
         return not args.only or name in args.only
 
-    results: dict[str, Any] = {"startup_to_healthy_s": stack.startup_seconds}
+    results: dict[str, Any] = {"startup_to_healthy_s": service.startup_seconds}
     try:
         await client.new_conversation()
         await asyncio.sleep(0.5)
-        results["idle_rss_mb"] = rss_mb(pid)
+        results["idle_rss_mb_per_worker"] = service.worker_rss_mb()
+        results["idle_rss_mb"] = max(results["idle_rss_mb_per_worker"])
         n = 100 if args.quick else 500
         if wanted("overhead"):
             print("… overhead of a non-streaming ask (concurrency 1)", flush=True)
@@ -479,8 +738,14 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         results["held_streams"] = []
         for count in args.streams if wanted("streams") else ():
             print(f"… {count} concurrent streams", flush=True)
-            results["held_streams"].append(await scenario_held_streams(client, count, pid))
+            results["held_streams"].append(await scenario_held_streams(client, count))
             await asyncio.sleep(1)
+        if wanted("resume") and service.workers == 1:  # with several, through two services: resume_across
+            print("… streams hung up on and resumed", flush=True)
+            results["resume"] = await scenario_resume(client, [service.url], *resume_load(args))
+        if wanted("soak") and args.soak:
+            print(f"… soak: {args.soak} mixed requests", flush=True)
+            results["soak"] = await scenario_soak(client, args.soak, concurrency=32, max_seconds=args.soak_max_seconds)
     finally:
         await client.close()
     if wanted("queries"):
@@ -489,10 +754,27 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def resume_load(args: argparse.Namespace) -> tuple[int, int]:
+    """Concurrency and number of the resumed streams."""
+    concurrency = args.resume_concurrency or (20 if args.quick else 50)
+    return concurrency, concurrency * 5 if args.quick else concurrency * 10
+
+
+async def resume_across(stack: Stack, services: list[Service], args: argparse.Namespace) -> dict[str, Any]:
+    """The resume scenario through two single-worker services: uvicorn's --workers share one socket, so that
+    which of them a connection reaches cannot be chosen. Each stream is resumed through the service that is
+    not generating it."""
+    client = Client(stack, services[0])
+    try:
+        return await scenario_resume(client, [service.url for service in services], *resume_load(args))
+    finally:
+        await client.close()
+
+
 def report(results: dict[str, Any]) -> str:
     rows = [
         ("start-up to healthy /healthz", f"{results['startup_to_healthy_s']:.2f} s"),
-        ("idle worker RSS", f"{results['idle_rss_mb']:.0f} MB"),
+        ("idle worker RSS", " + ".join(f"{mb:.0f}" for mb in results["idle_rss_mb_per_worker"]) + " MB"),
     ]
     if "overhead_c1" in results:
         o = results["overhead_c1"]
@@ -550,7 +832,29 @@ def report(results: dict[str, Any]) -> str:
             (
                 f"{h['streams']} concurrent streams (50 × 20 ms)",
                 f"total p50 {h['total_p50_s']:.2f} s, p99 {h['total_p99_s']:.2f} s, {h['errors']} errors, "
-                f"peak RSS {h['peak_rss_mb']:.0f} MB, service CPU {h['service_cpu_ms_per_stream']:.1f} ms a stream",
+                f"peak RSS {' + '.join(f'{mb:.0f}' for mb in h['peak_rss_mb_per_worker'])} MB, "
+                f"service CPU {h['service_cpu_ms_per_stream']:.1f} ms a stream",
+            )
+        )
+    if results.get("resume"):
+        r = results["resume"]
+        rows.append(
+            (
+                f"resumed stream, c={r['concurrency']}",
+                f"first event p50 {r['first_event_p50_ms']:.2f} ms, p95 {r['first_event_p95_ms']:.2f} ms after "
+                f"connecting, through {r['through']}; {r['errors']} errors, {r['lost_events']} with events lost",
+            )
+        )
+    if "soak" in results:
+        k = results["soak"]
+        first, last = k["checkpoints"][0], k["checkpoints"][-1]
+        rows.append(
+            (
+                f"soak, {k['requests']} mixed requests, c={k['concurrency']}",
+                f"RSS {' + '.join(f'{mb:.0f}' for mb in first['rss_mb'])} MB after {first['requests']}, "
+                f"{' + '.join(f'{mb:.0f}' for mb in last['rss_mb'])} MB after {last['requests']} "
+                f"({k['rss_growth_from_first_checkpoint']:+.1%}); {k['req_per_s']:.0f} req/s, {k['errors']} errors, "
+                f"service CPU {k['service_cpu_ms_per_request']:.2f} ms a request",
             )
         )
     if "queries_per_ask" in results:
@@ -564,12 +868,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pg", action="store_true", help="run the service on PostgreSQL instead of SQLite")
     parser.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/chatapi_bench")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn --workers (several need --redis)")
+    parser.add_argument("--redis", action="store_true", help="set REDIS_URL: the events and cancels go through Redis")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/13", help="a Redis database of its own: it is flushed"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests")
     parser.add_argument("--streams", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--resume-concurrency", type=int, help="streams resumed at once (default 50, 20 --quick)")
+    parser.add_argument("--soak", type=int, default=0, metavar="N", help="also N mixed requests, memory sampled")
+    parser.add_argument("--soak-max-seconds", type=float, default=1200, help="the soak stops there, whatever N")
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["overhead", "v1", "throughput", "ttfb", "streams", "queries"],
+        choices=["overhead", "v1", "throughput", "ttfb", "streams", "resume", "soak", "queries"],
         help="run only these scenarios",
     )
     parser.add_argument(
@@ -581,31 +893,51 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
+    if args.workers > 1 and not args.redis:
+        print("note: without --redis a stream cannot be resumed through another worker: no resume scenario")
     raise_fd_limit()
+    load_before = os.getloadavg()
 
     tmp = Path(tempfile.mkdtemp(prefix="chatapi-bench-"))
+    settings = dict(item.split("=", 1) for item in args.set)
+    if args.redis:
+        import redis
+
+        settings.setdefault("REDIS_URL", args.redis_url)
+        redis.Redis.from_url(settings["REDIS_URL"]).flushdb()
     try:
         if args.pg:
             import psycopg
 
             base, _, name = args.pg_url.rpartition("/")
             with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-                connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 connection.execute(f'CREATE DATABASE "{name}"')
             database_url = args.pg_url
         else:
             database_url = f"sqlite:///{tmp / 'bench.sqlite3'}"
-        settings = dict(item.split("=", 1) for item in args.set)
-        with stack(database_url, chunks=50, chunk_delay=0.02, settings=settings) as running:
-            results = asyncio.run(measure(running, args))
+        with stack(database_url, settings) as running:
+            with serve(running, args.workers) as service:
+                results = asyncio.run(measure(running, service, args))
+            if (not args.only or "resume" in args.only) and args.workers > 1 and args.redis:
+                print("… streams hung up on and resumed through the other of two single-worker services", flush=True)
+                with serve(running, 1) as first, serve(running, 1) as second:
+                    results["resume"] = asyncio.run(resume_across(running, [first, second], args))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if args.redis:
+            redis.Redis.from_url(settings["REDIS_URL"]).flushdb()
 
     results["meta"] = {
         "database": "postgresql" if args.pg else "sqlite",
+        "workers": args.workers,
+        "redis": args.redis,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        # The machine's load average (1, 5, 15 min) before and after: other work on it skews the latencies.
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
         "quick": args.quick,
         "settings": settings,
     }
