@@ -94,6 +94,11 @@ def running(reply_id: object) -> Generation | None:
     return _running.get(str(reply_id))
 
 
+def running_count() -> int:
+    """How many generations this worker runs."""
+    return len(_running)
+
+
 async def generation_begin(
     prepare: Callable[[], ReplyJob], *, api_key_id: uuid.UUID | None, slot: Slot | None = None
 ) -> tuple[Generation, Message]:

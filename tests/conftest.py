@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -108,9 +109,18 @@ def _live_asgi_server(django_db_setup, django_db_blocker) -> Iterator[str]:
 
 
 @pytest.fixture
-def live_url(_live_asgi_server: str, transactional_db) -> str:
-    """Base URL of the service served by uvicorn (ASGI) in this process; data must be committed to be seen."""
-    return _live_asgi_server
+def live_url(_live_asgi_server: str, transactional_db, fake_openai_server: FakeOpenAI) -> Iterator[str]:
+    """Base URL of the service served by uvicorn (ASGI) in this process; data must be committed to be seen.
+
+    Replies outlive their requests: at the end of a test the ones still being generated are let finish
+    before the test's data is flushed (on PostgreSQL a flush beside a reply being stored can deadlock)."""
+    yield _live_asgi_server
+    from conversations import generations
+
+    fake_openai_server.release()
+    deadline = time.monotonic() + 15
+    while generations.running_count() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 @pytest.fixture
