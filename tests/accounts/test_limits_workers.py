@@ -8,45 +8,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.cluster import LEASE_SECONDS, manage, services_absent, worker_site
 from tests.fake_openai import FakeOpenAI
 from tests.live import read_events
 from tests.ops.test_serving import _serving
 
-ROOT = Path(__file__).resolve().parents[2]
-POSTGRES = os.environ.get("CHATAPI_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("CHATAPI_TEST_LIMITS_REDIS", "redis://127.0.0.1:6379/13")
-LEASE_SECONDS = 2
 
-
-def _absent() -> str | None:
-    try:
-        import psycopg
-
-        psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
-    except Exception as exc:
-        return f"PostgreSQL is not reachable at {POSTGRES}: {exc}"
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
-    except Exception as exc:
-        return f"Redis is not reachable at {REDIS}: {exc}"
-    return None
-
-
-_why = _absent()
+_why = services_absent(REDIS)
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
 
 
@@ -56,11 +33,7 @@ class Cluster:
     urls: list[str]
 
     def manage(self, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        return manage(self.env, *args)
 
     def session(self, *limits: str) -> requests.Session:
         session = requests.Session()
@@ -70,36 +43,12 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(fake_openai_server: FakeOpenAI) -> Iterator[Cluster]:
-    import psycopg
-    import redis
-
-    name = f"chatapi_limits_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_", "REDIS_"))}
-    env.update(
-        {
-            "DATABASE_URL": f"{POSTGRES}/{name}",
-            "REDIS_URL": REDIS,
-            "DEBUG": "true",
-            "OPENAI_BASE_URL": fake_openai_server.url,
-            "OPENAI_API_KEY": "sk-test-not-a-real-key",
-            "CHATAPI_MODELS": ",".join(FakeOpenAI.models),
-            "CHATAPI_BACKEND_MAX_RETRIES": "0",
-            "CHATAPI_GENERATION_LEASE_SECONDS": str(LEASE_SECONDS),
-        }
-    )
-    cluster = Cluster(env=env, urls=[])
-    try:
-        cluster.manage("migrate", "--noinput")
-        cluster.manage("create_user", "alice")
-        with _serving(env) as (first, _), _serving(env) as (second, _):
-            cluster.urls = [first, second]
-            yield cluster
-    finally:
-        redis.Redis.from_url(REDIS).flushdb()  # db 13: this test's own
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        worker_site(fake_openai_server, redis_url=REDIS, name="limits") as env,
+        _serving(env) as (first, _),
+        _serving(env) as (second, _),
+    ):
+        yield Cluster(env=env, urls=[first, second])
 
 
 @pytest.fixture

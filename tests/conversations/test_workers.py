@@ -11,48 +11,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.cluster import manage, services_absent, worker_site
 from tests.fake_openai import FakeOpenAI
 from tests.live import Event, read_events
 from tests.ops.test_serving import _free_port, _serving
 
-ROOT = Path(__file__).resolve().parents[2]
-POSTGRES = os.environ.get("CHATAPI_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("CHATAPI_TEST_REDIS", "redis://127.0.0.1:6379/14")
 WORDS = " ".join(f"w{i}" for i in range(40))
-LEASE_SECONDS = 2
 
-
-def _postgres_reachable() -> str | None:
-    try:
-        import psycopg
-
-        psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
-    except Exception as exc:
-        return f"PostgreSQL is not reachable at {POSTGRES}: {exc}"
-    return None
-
-
-def _redis_reachable() -> str | None:
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
-    except Exception as exc:
-        return f"Redis is not reachable at {REDIS}: {exc}"
-    return None
-
-
-_absent = _postgres_reachable() or _redis_reachable()
+_absent = services_absent(REDIS)
 pytestmark = pytest.mark.skipif(_absent is not None, reason=_absent or "")
 
 
@@ -70,43 +44,10 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(fake_openai_server: FakeOpenAI) -> Iterator[Cluster]:
-    import psycopg
-    import redis
-
-    name = f"chatapi_workers_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPI_", "OPENAI_", "DJANGO_", "REDIS_"))}
-    env.update(
-        {
-            "DATABASE_URL": f"{POSTGRES}/{name}",
-            "REDIS_URL": REDIS,
-            "DEBUG": "true",
-            "OPENAI_BASE_URL": fake_openai_server.url,
-            "OPENAI_API_KEY": "sk-test-not-a-real-key",
-            "CHATAPI_MODELS": ",".join(FakeOpenAI.models),
-            "CHATAPI_BACKEND_MAX_RETRIES": "0",
-            "CHATAPI_GENERATION_LEASE_SECONDS": str(LEASE_SECONDS),
-        }
-    )
-    try:
-
-        def manage(*args: str) -> str:
-            result = subprocess.run(
-                [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-            )
-            assert result.returncode == 0, result.stderr
-            return result.stdout
-
-        manage("migrate", "--noinput")
-        manage("create_user", "alice")
-        key = manage("create_api_key", "alice").strip()
+    with worker_site(fake_openai_server, redis_url=REDIS, name="workers") as env:
+        key = manage(env, "create_api_key", "alice").strip()
         with _serving(env) as (first, _), _serving(env) as (second, _):
             yield Cluster(env=env, key=key, urls=[first, second])
-    finally:
-        redis.Redis.from_url(REDIS).flushdb()
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
