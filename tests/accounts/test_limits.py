@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,6 +14,7 @@ from django.core.management import call_command
 from accounts.models import APIKey
 from accounts.services import api_key_create, api_key_usage_record
 from conversations.models import Conversation, Message
+from tests.live import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,15 +32,6 @@ def session_for(raw_key: str) -> requests.Session:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {raw_key}"
     return session
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_past_rpm_a_request_gets_429_stores_nothing_and_never_reaches_the_backend(user, live_url, backend):

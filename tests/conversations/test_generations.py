@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 
 import pytest
@@ -12,20 +11,11 @@ from django.utils import timezone
 
 from conversations import generations
 from conversations.models import Conversation, Message
-from tests.live import Event, read_events
+from tests.live import Event, read_events, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WORDS = " ".join(f"w{i}" for i in range(30))
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def start_stream(http, prompt: str = "tell me") -> requests.Response:

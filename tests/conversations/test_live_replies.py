@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,17 +9,9 @@ import requests
 
 from accounts.services import api_key_create
 from conversations.models import Message
+from tests.live import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_until(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_many_replies_wait_for_the_model_at_once(user, live_url, backend):
@@ -39,7 +30,7 @@ def test_many_replies_wait_for_the_model_at_once(user, live_url, backend):
 
     with ThreadPoolExecutor(count) as pool:
         answers = [pool.submit(ask, i) for i in range(count)]
-        all_waiting = wait_until(lambda: backend.waiting == count)
+        all_waiting = wait_until(lambda: backend.waiting == count, timeout=15)
         backend.release()
         responses = [answer.result() for answer in answers]
     assert all_waiting, f"only {backend.waiting} of {count} requests reached the backend together"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import openai
@@ -11,6 +10,7 @@ import pytest
 from accounts.models import APIKey
 from accounts.services import api_key_create
 from conversations.models import Conversation, Message
+from tests.live import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,15 +34,6 @@ def other_sdk(live_url, other_user) -> openai.OpenAI:
 
 def _uuid(prefixed: str) -> str:
     return prefixed.split("_", 1)[1]
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_response_is_stored_as_a_reply_in_a_new_conversation(sdk, backend, http):
