@@ -69,6 +69,11 @@ class Conversation(models.Model):
         blank=True,
         help_text="The id of the conversation it was imported from; importing it again skips it.",
     )
+    metadata = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Up to 16 string pairs a client attached (OpenAI's Conversations and Responses `metadata`).",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, help_text="Last time a message was added.")
 
