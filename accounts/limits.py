@@ -107,6 +107,9 @@ class Counter(Protocol):
 
     async def release(self, key_id: str, slot_id: str) -> None: ...
 
+    async def refund(self, key_id: str, now: float) -> None:
+        """Take back one request admit() counted at `now` (in its minute), as if it had not been made."""
+
     async def renew(self, slots: list[tuple[str, str]], lease_end: float) -> None: ...
 
     async def in_progress(self, key_id: str, now: float) -> int: ...
@@ -120,11 +123,15 @@ class LocalCounter:
         self._requests: dict[str, tuple[int, int]] = {}  # key id -> (minute, requests in it)
         self._slots: dict[str, dict[str, float]] = {}  # key id -> slot id -> lease end
 
+    _PRUNE_AT = 10_000  # counted ids (client addresses too) past which past minutes' counts are dropped
+
     async def admit(
         self, key_id: str, *, rpm: int, max_parallel: int, slot_id: str, now: float, lease_end: float
     ) -> Counted:
         minute = int(now // 60)
         with self._lock:
+            if len(self._requests) > self._PRUNE_AT:
+                self._requests = {k: v for k, v in self._requests.items() if v[0] == minute}
             window, used = self._requests.get(key_id, (minute, 0))
             used = used if window == minute else 0
             if rpm and used >= rpm:
@@ -142,6 +149,13 @@ class LocalCounter:
     async def release(self, key_id: str, slot_id: str) -> None:
         with self._lock:
             self._slots.get(key_id, {}).pop(slot_id, None)
+
+    async def refund(self, key_id: str, now: float) -> None:
+        minute = int(now // 60)
+        with self._lock:
+            window, used = self._requests.get(key_id, (minute, 0))
+            if window == minute and used > 0:
+                self._requests[key_id] = (minute, used - 1)
 
     async def renew(self, slots: list[tuple[str, str]], lease_end: float) -> None:
         with self._lock:
@@ -174,6 +188,14 @@ if used == 1 then redis.call('EXPIRE', KEYS[1], 120) end
 return {1, 0, used}
 """
 
+# KEYS[1]: a key's requests in one minute. Take one back, never below zero, never making a key that has
+# expired (a DECR would, without an expiry).
+_REFUND = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
 
 class RedisCounter:
     """Across workers, in Redis. A Redis that cannot be reached lets requests through (logged): limits
@@ -184,12 +206,12 @@ class RedisCounter:
         # redis-py's asyncio clients belong to the loop they were made on.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
-    def _client(self) -> tuple[redis.asyncio.Redis, Any]:
+    def _client(self) -> tuple[redis.asyncio.Redis, Any, Any]:
         loop = asyncio.get_running_loop()
         made = self._clients.get(loop)
         if made is None:
             client = redis.asyncio.from_url(self.url, socket_connect_timeout=2)
-            made = self._clients[loop] = (client, client.register_script(_ADMIT))
+            made = self._clients[loop] = (client, client.register_script(_ADMIT), client.register_script(_REFUND))
         return made
 
     @staticmethod
@@ -200,7 +222,7 @@ class RedisCounter:
     async def admit(
         self, key_id: str, *, rpm: int, max_parallel: int, slot_id: str, now: float, lease_end: float
     ) -> Counted:
-        _, script = self._client()
+        _, script, _ = self._client()
         try:
             allowed, refused, used = await script(
                 keys=self._keys(key_id, int(now // 60)), args=[rpm, max_parallel, now, lease_end, slot_id]
@@ -211,21 +233,28 @@ class RedisCounter:
         return Counted(bool(allowed), {0: "", 1: "rpm", 2: "max_parallel"}[int(refused)], int(used))
 
     async def release(self, key_id: str, slot_id: str) -> None:
-        client, _ = self._client()
+        client, _, _ = self._client()
         try:
             await client.zrem(self._keys(key_id, 0)[1], slot_id)
         except (RedisError, OSError) as exc:
             logger.warning("A generation's slot could not be released (it expires with its lease): %s", exc)
 
+    async def refund(self, key_id: str, now: float) -> None:
+        _, _, script = self._client()
+        try:
+            await script(keys=self._keys(key_id, int(now // 60))[:1])
+        except (RedisError, OSError) as exc:
+            logger.warning("A counted request could not be taken back (it expires with its minute): %s", exc)
+
     async def renew(self, slots: list[tuple[str, str]], lease_end: float) -> None:
-        client, _ = self._client()
+        client, _, _ = self._client()
         async with client.pipeline(transaction=False) as pipe:
             for key_id, slot_id in slots:
                 pipe.zadd(self._keys(key_id, 0)[1], {slot_id: lease_end}, xx=True)
             await pipe.execute()
 
     async def in_progress(self, key_id: str, now: float) -> int:
-        client, _ = self._client()
+        client, _, _ = self._client()
         return int(await client.zcount(self._keys(key_id, 0)[1], f"({now}", "+inf"))
 
 
@@ -373,6 +402,54 @@ async def limit_admit(request: Request) -> Slot | None:
             _held[slot_id] = key_id
     request.limit_headers = limit_headers(api_key, requests_used=requests_used, now=now)  # type: ignore[attr-defined]
     return slot
+
+
+# --- failed admin_key attempts ----------------------------------------------------------------
+
+
+@dataclass
+class AdminKeyAttempt:
+    """An admin_key attempt from `client`, counted as failed until admin_key_attempt_succeeded takes it back."""
+
+    client: str
+    at: float
+    failures: int  # this minute's failures from the client, this attempt included (0: not counted)
+
+    @property
+    def counter_id(self) -> str:
+        return admin_key_counter_id(self.client)
+
+
+def admin_key_counter_id(client: str) -> str:
+    return f"admin-key:{client}"
+
+
+async def admin_key_attempt_begin(client: str) -> AdminKeyAttempt:
+    """Count an admin_key attempt from `client` (an address) before its key is checked, or raise RateLimited
+    when the client has failed CHATAPI_ADMIN_MAX_FAILURES times this minute (the key is then not checked at
+    all). Counting first, in the same atomic step as the check, is what keeps concurrent guesses from all
+    slipping past the limit; a key that turns out right is taken back off the count."""
+    now = time.time()
+    counted = await counter().admit(
+        admin_key_counter_id(client),
+        rpm=settings.CHATAPI_ADMIN_MAX_FAILURES,
+        max_parallel=0,
+        slot_id="",
+        now=now,
+        lease_end=now,
+    )
+    if not counted.allowed:
+        moment = datetime.fromtimestamp(now, UTC)
+        retry_after = _seconds_until(minute_start(moment) + timedelta(minutes=1), moment)
+        raise RateLimited(
+            "Too many failed admin_key attempts from this address; try again later.",
+            headers={"Retry-After": str(retry_after)},
+        )
+    return AdminKeyAttempt(client=client, at=now, failures=counted.requests)
+
+
+async def admin_key_attempt_succeeded(attempt: AdminKeyAttempt) -> None:
+    await counter().refund(attempt.counter_id, attempt.at)
 
 
 class LimitHeadersMixin:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, TypedDict
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -119,3 +119,17 @@ def user_get_by_id_or_username(*, ident: str) -> User | None:
         if user is not None:
             return user
     return User.objects.filter(username=ident).first()
+
+
+def user_get_active(*, user_id: int) -> User | None:
+    return User.objects.filter(pk=user_id, is_active=True).first()
+
+
+def user_list_active_with_keys() -> QuerySet[User]:
+    """Active users, oldest first, each with `active_keys` (its working keys, oldest first): two queries."""
+    keys = APIKey.objects.filter(api_key_active_q()).order_by("created_at")
+    return (
+        User.objects.filter(is_active=True)
+        .prefetch_related(Prefetch("api_keys", queryset=keys, to_attr="active_keys"))
+        .order_by("pk")
+    )

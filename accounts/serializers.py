@@ -85,3 +85,46 @@ class APIKeyCreatedOutput(APIKeyOutput):
         child=serializers.CharField(),
         help_text="Limits left out of the request that were set to those of the key it was made with.",
     )
+
+
+# --- the operator endpoints (the older proxy's `/admin/users…`) -------------------------------------------
+
+_MAX_USER_ID = 2**63 - 1
+
+
+class UserIdField(serializers.Field):
+    """A user's id as `add` gave it: a string of digits (or the number itself, as some scripts send it)."""
+
+    default_error_messages = {"invalid": "Must be a user id, as /admin/users/add answered it."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str) and data.strip().isascii() and data.strip().isdigit():
+            data = int(data.strip())
+        if not isinstance(data, int) or isinstance(data, bool) or not 0 < data <= _MAX_USER_ID:
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value: Any) -> str:
+        return str(value)
+
+
+class OperatorUserDeleteInput(serializers.Serializer):
+    user_id = UserIdField()
+
+
+class OperatorUserCreatedOutput(serializers.Serializer):
+    user_id = serializers.CharField(source="user.pk")
+    username = serializers.CharField(source="user.username")
+    token = serializers.CharField(help_text="The full API key. It is shown this once and never again.")
+
+
+class OperatorUserKeyOutput(serializers.Serializer):
+    user_id = serializers.CharField(source="user.pk")
+    username = serializers.CharField(source="user.username")
+    token = serializers.CharField(
+        source="api_key.prefix", allow_null=True, help_text="The key's public prefix (keys are never stored)."
+    )
+
+
+class OperatorUserListOutput(serializers.Serializer):
+    users = OperatorUserKeyOutput(many=True)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -26,6 +27,15 @@ MAX_EXPIRES_IN_DAYS = 3650
 
 class InvalidAPIKey(Exception):
     """The presented key is unknown, malformed, revoked, expired or belongs to an inactive user."""
+
+
+class InvalidAdminKey(Exception):
+    """An operator endpoint's admin_key is neither CHATAPI_ADMIN_KEY nor a staff user's API key. `user` is set
+    when it is a working API key of a user who is not staff."""
+
+    def __init__(self, reason: str, *, user: User | None = None) -> None:
+        super().__init__(reason)
+        self.user = user
 
 
 def _digest(raw_key: str) -> str:
@@ -235,6 +245,55 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
         APIKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who uses the operator endpoints: whoever holds CHATAPI_ADMIN_KEY (no `api_key`), or a staff user by one
+    of their API keys."""
+
+    api_key: APIKey | None = None
+
+    def __str__(self) -> str:
+        if self.api_key is None:
+            return "the admin key (CHATAPI_ADMIN_KEY)"
+        user = self.api_key.user
+        return f"staff user {user.username} (id {user.pk}, key {self.api_key.prefix})"
+
+
+def operator_authenticate(*, admin_key: str) -> Operator:
+    """The operator `admin_key` stands for, or InvalidAdminKey."""
+    configured = settings.CHATAPI_ADMIN_KEY
+    # Digests of both, compared in constant time: neither the key's characters nor its length show in timing.
+    if configured and hmac.compare_digest(_digest(admin_key), _digest(configured)):
+        return Operator()
+    try:
+        api_key = api_key_authenticate(raw_key=admin_key)
+    except InvalidAPIKey as exc:
+        raise InvalidAdminKey(f"not the admin key, nor a working API key ({exc})") from None
+    if not api_key.user.is_staff:
+        raise InvalidAdminKey("the API key of a user who is not staff", user=api_key.user)
+    return Operator(api_key=api_key)
+
+
+def operator_user_create() -> tuple[User, APIKey, str]:
+    """A user with a generated name and one API key, for the older proxy's `POST /admin/users/add`; the full key
+    is returned here once and never stored. Both or neither are made."""
+    with transaction.atomic():
+        user = user_create(username=f"user-{secrets.token_hex(6)}")
+        api_key, raw_key = api_key_create(user=user, name="admin/users/add")
+    return user, api_key, raw_key
+
+
+def user_deactivate(*, user: User) -> int:
+    """Deactivate `user` and revoke every key of theirs, at once and on every worker (keys are checked against
+    the database on each request). Conversations, keys and usage stay, attributable. Returns how many keys
+    were revoked."""
+    with transaction.atomic():
+        User.objects.filter(pk=user.pk).update(is_active=False)
+        revoked = APIKey.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    user.is_active = False
+    return revoked
 
 
 def api_key_authenticate(*, raw_key: str) -> APIKey:

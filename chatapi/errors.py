@@ -52,6 +52,21 @@ class InvalidRequest(ApplicationError):
     pass
 
 
+class Unauthorized(ApplicationError):
+    """Credentials that DRF's authentication classes do not handle (the operator endpoints' `admin_key`) are
+    missing or wrong. (DRF's own AuthenticationFailed turns into a 403 on views without authentication classes.)"""
+
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_credentials"
+
+
+class Forbidden(ApplicationError):
+    status_code = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFound(ApplicationError):
     status_code = 404
     type = "not_found_error"
@@ -206,11 +221,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     return Response(body, status=500)
 
 
+def not_found_response() -> JsonResponse:
+    """What an unknown path gets, byte for byte (the operator endpoints answer it when they are off)."""
+    return JsonResponse(error_body("Not found.", type="not_found_error", code="not_found"), status=404)
+
+
 @csrf_exempt  # a POST to an unknown path is a 404, not an HTML CSRF failure page
 def not_found_view(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """handler404, and the route of every path no other route takes (so that debug mode, where Django
     answers an unknown path with an HTML page, answers in the contract's shape too)."""
-    return JsonResponse(error_body("Not found.", type="not_found_error", code="not_found"), status=404)
+    return not_found_response()
 
 
 def server_error_view(request: HttpRequest) -> JsonResponse:

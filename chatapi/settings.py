@@ -227,6 +227,14 @@ CHATAPI_DEFAULT_MAX_PARALLEL = env_int("CHATAPI_DEFAULT_MAX_PARALLEL", 0, minimu
 CHATAPI_DEFAULT_BUDGET_TOKENS = env_int("CHATAPI_DEFAULT_BUDGET_TOKENS", 0, minimum=0)
 CHATAPI_DEFAULT_BUDGET_PERIOD = env_choice("CHATAPI_DEFAULT_BUDGET_PERIOD", "month", ["day", "week", "month", "total"])
 CHATAPI_KEY_LAST_USED_INTERVAL = env_int("CHATAPI_KEY_LAST_USED_INTERVAL", 60, minimum=0)
+# The operator endpoints (`/admin/users…`, for the older proxy's admin scripts) accept this key, or a staff
+# user's API key. Unset, they answer 404 to anyone without a staff key, so they do not advertise themselves.
+CHATAPI_ADMIN_KEY = env_str("CHATAPI_ADMIN_KEY")
+if CHATAPI_ADMIN_KEY and not DEBUG and len(CHATAPI_ADMIN_KEY) < 16:
+    raise SettingError("CHATAPI_ADMIN_KEY is too easy to guess: use at least 16 random characters.")
+# Failed admin_key attempts a client address may make a minute (across workers with REDIS_URL) before the
+# operator endpoints answer it 429 without looking at the key.
+CHATAPI_ADMIN_MAX_FAILURES = env_int("CHATAPI_ADMIN_MAX_FAILURES", 10, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -13,7 +13,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerView,
 )
 
-from accounts.views import APIKeyViewSet
+from accounts.views import APIKeyViewSet, OperatorUserAddView, OperatorUserDeleteView, OperatorUserListView
 from chatapi.errors import not_found_view
 from chatapi.health import healthz, readyz
 from conversations.compat import AskView, CompleteView
@@ -91,6 +91,10 @@ urlpatterns = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     # ReDoc without its web fonts (the page's own template loads them from Google).
     path("redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="redoc.html"), name="redoc"),
+    # The older proxy's operator endpoints, before the Django admin, whose catch-all would take them.
+    api_route("admin/users/add", OperatorUserAddView.as_view(), "operator-user-add"),
+    api_route("admin/users/delete", OperatorUserDeleteView.as_view(), "operator-user-delete"),
+    api_route("admin/users", OperatorUserListView.as_view(), "operator-user-list"),
     path("admin/", admin.site.urls),
     # The pages above live at their slashed address; without the slash, a redirect (GET only).
     *(path(page, RedirectView.as_view(url=f"/{page}/")) for page in ("api/schema", "docs", "redoc", "admin")),

@@ -41,12 +41,15 @@ class Cluster:
         return session
 
 
+ADMIN_KEY = "operator-secret-0123456789abcdef"
+
+
 @pytest.fixture(scope="module")
 def cluster(fake_openai_server: FakeOpenAI) -> Iterator[Cluster]:
     with (
         worker_site(fake_openai_server, redis_url=REDIS, name="limits") as env,
-        _serving(env) as (first, _),
-        _serving(env) as (second, _),
+        _serving({**env, "CHATAPI_ADMIN_KEY": ADMIN_KEY, "CHATAPI_ADMIN_MAX_FAILURES": "4"}) as (first, _),
+        _serving({**env, "CHATAPI_ADMIN_KEY": ADMIN_KEY, "CHATAPI_ADMIN_MAX_FAILURES": "4"}) as (second, _),
     ):
         yield Cluster(env=env, urls=[first, second])
 
@@ -105,3 +108,23 @@ def test_a_killed_workers_generation_is_released_from_max_parallel_after_its_lea
         time.sleep(0.2)
     assert statuses[-1] == 200, statuses
     assert time.monotonic() - killed_at <= LEASE_SECONDS + 1.5
+
+
+def test_failed_admin_keys_are_counted_across_workers(cluster):
+    """The operator endpoints' failed admin_key attempts from one address, spread over both workers, add up:
+    past the limit either worker refuses even the right key; another address is not held back."""
+
+    def add(url: str, key: str, address: str) -> requests.Response:
+        # uvicorn takes the client's address from X-Forwarded-For when the proxy (here: loopback) is trusted.
+        return requests.post(
+            f"{url}/admin/users/add", json={"admin_key": key}, headers={"X-Forwarded-For": address}, timeout=30
+        )
+
+    guesser = f"10.9.{os.getpid() % 256}.{int(time.time()) % 256}"
+    statuses = [add(cluster.urls[i % 2], "guess", guesser).status_code for i in range(4)]
+    assert statuses == [401] * 4
+    for url in cluster.urls:
+        refused = add(url, ADMIN_KEY, guesser)
+        assert refused.status_code == 429
+        assert refused.json()["error"].startswith("Too many failed admin_key attempts")
+        assert add(url, ADMIN_KEY, "10.8.0.1").status_code == 200

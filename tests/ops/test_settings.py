@@ -104,3 +104,12 @@ def test_a_bad_setting_stops_the_server_with_one_line_naming_it():
         timeout=60,
     )
     _one_line_naming(result, "CHATAPI_SSE_PING_SECONDS")
+
+
+def test_debug_off_with_a_short_admin_key_refuses_to_start():
+    secret = "k" * 20 + "7Hq2vN9xLp4RtY8wZc3B5mKd"
+    result = run_check(DEBUG="false", SECRET_KEY=secret, CHATAPI_ADMIN_KEY="letmein")
+    assert result.returncode != 0
+    assert "CHATAPI_ADMIN_KEY is too easy to guess" in result.stderr
+    assert "letmein" not in result.stderr
+    assert run_check(DEBUG="false", SECRET_KEY=secret, CHATAPI_ADMIN_KEY="x" * 16).returncode == 0
