@@ -99,7 +99,7 @@ def _limits_clean(limits: Limits) -> dict[str, int | str | None]:
             continue
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not value >= 0):
             raise InvalidRequest(f"{field} must be a whole number, 0 for no limit.", param=field)
-        if value is not None and field != "budget_tokens" and value > MAX_LIMIT:
+        if value is not None and value > MAX_LIMIT:
             raise InvalidRequest(f"{field} must be at most {MAX_LIMIT}.", param=field)
         cleaned[field] = value or None
     return cleaned

@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 import requests
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from accounts.models import APIKey
 from accounts.services import api_key_create, api_key_usage_record
@@ -209,3 +209,19 @@ def test_a_key_made_through_the_api_is_never_looser_than_its_maker(user, live_ur
         "budget_period": "month",
     }
     assert body["tightened"] == ["budget_tokens", "budget_period"]
+
+
+@pytest.mark.parametrize("flag", ["--rpm", "--tpm", "--max-parallel", "--budget-tokens"])
+@pytest.mark.parametrize("command", ["create_api_key", "update_api_key"])
+def test_a_limit_too_big_for_the_database_is_a_clear_command_error(user, command, flag):
+    api_key, _ = api_key_create(user=user, limits={"rpm": 7})
+    target = "alice" if command == "create_api_key" else api_key.prefix
+
+    with pytest.raises(CommandError, match=rf"argument {flag}: {10**30} is not between 0 \(no limit\) and 2147483647"):
+        call_command(command, target, flag, str(10**30))
+    with pytest.raises(CommandError, match=rf"argument {flag}: -1 is not between 0"):
+        call_command(command, target, flag, "-1")
+
+    assert APIKey.objects.count() == 1
+    api_key.refresh_from_db()
+    assert api_key.rpm == 7
