@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from io import StringIO
 
 import pytest
 import requests
+from django.core.management import call_command
+from django.utils import timezone
+from rest_framework.test import APIClient
 
 from accounts.models import APIKey, IdempotencyRecord
 from accounts.services import api_key_create
+from chatapi import idempotency
 from conversations.models import Conversation, Message
 from tests.live import Event, read_events
 
@@ -134,3 +140,45 @@ def test_fork_and_v1_are_idempotent_too(session, live_url, backend):
     ]
     assert completions[0].json() == completions[1].json()
     assert len(backend.requests) == 2  # the first ask, and one completion
+
+
+# --- records are kept 24 hours --------------------------------------------------------------
+
+
+def _records(api_key: APIKey, *ages_in_hours: float) -> list[IdempotencyRecord]:
+    now = timezone.now()
+    return [
+        IdempotencyRecord.objects.create(
+            api_key=api_key, key=f"aged-{age}", fingerprint="f", created_at=now - timedelta(hours=age)
+        )
+        for age in ages_in_hours
+    ]
+
+
+def test_purge_idempotency_keys_deletes_only_the_records_past_24_hours(user):
+    api_key, _ = api_key_create(user=user)
+    _records(api_key, 0, 23.9, 24.1, 100)
+    out = StringIO()
+
+    call_command("purge_idempotency_keys", stdout=out)
+
+    assert out.getvalue().strip() == "Deleted 2 expired idempotency records."
+    assert sorted(IdempotencyRecord.objects.values_list("key", flat=True)) == ["aged-0", "aged-23.9"]
+
+
+def test_a_worker_purges_expired_records_by_itself_about_once_an_hour(user, monkeypatch):
+    monkeypatch.setattr(idempotency, "_purged_at", float("-inf"))
+    api_key, raw = api_key_create(user=user)
+    other_key, _ = api_key_create(user=user)
+    _records(other_key, 30)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    assert client.post("/api/keys", {"name": "a"}, format="json", HTTP_IDEMPOTENCY_KEY="one").status_code == 201
+    assert not IdempotencyRecord.objects.filter(key="aged-30").exists()
+
+    # Within the hour the next request leaves them be (the command is there for the rest).
+    _records(other_key, 31)
+    assert client.post("/api/keys", {"name": "b"}, format="json", HTTP_IDEMPOTENCY_KEY="two").status_code == 201
+    assert IdempotencyRecord.objects.filter(key="aged-31").exists()
+    assert IdempotencyRecord.objects.filter(key__in=["one", "two"]).count() == 2
