@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # After DRF has authenticated a request with a limited key: its x-ratelimit-* headers, on every answer.
+    "chatapi.middleware.LimitHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "chatapi.urls"
