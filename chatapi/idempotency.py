@@ -29,7 +29,8 @@ from rest_framework.response import Response
 
 from accounts.models import APIKey, IdempotencyRecord
 from chatapi.db import db_work
-from chatapi.errors import ApplicationError, Conflict, InvalidRequest
+from chatapi.errors import ApplicationError, Conflict, InvalidRequest, NotFound
+from conversations.models import Message
 
 HEADER = "Idempotency-Key"
 MAX_LENGTH = 255
@@ -187,6 +188,16 @@ def _key(request: Request) -> tuple[str, APIKey] | None:
 def mark_reply(request: Request, reply_id: uuid.UUID) -> None:
     """Note the reply a streamed answer follows, for a repeat of an idempotent request."""
     request._reply_id = reply_id  # type: ignore[attr-defined]
+
+
+def replayed_reply(reply_id: uuid.UUID) -> Message:
+    """The reply a streamed original followed, for its repeat; a 404 when it has been deleted since."""
+    reply = Message.objects.filter(pk=reply_id).first()
+    if reply is None:
+        raise NotFound(
+            f"The reply the first request with this {HEADER} made has been deleted.", code="idempotent_reply_deleted"
+        )
+    return reply
 
 
 def _repeat_done(record: IdempotencyRecord, fingerprint: str) -> Response:
