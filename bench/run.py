@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,10 @@ MODEL = "bench-model"
 # answers a non-streamed request, since the service streams every persisted reply from the backend.
 INSTANT = "bench-instant"
 CHUNKS, CHUNK_DELAY = 50, 0.02
+# The limited key's limits: all of them, so that every check runs (the Redis script, the slot held while the
+# reply is generated and released after it), and so high that none is ever reached.
+LIMITS = ["--rpm", "2000000000", "--tpm", "2000000000", "--max-parallel", "100000", "--budget-tokens", "2000000000",
+          "--budget-period", "month"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -141,6 +146,8 @@ class Stack:
     backend_url: str
     key: str
     backend: subprocess.Popen
+    # A key of the same user with every limit (none of them ever reached): what limits cost (scenario_limits).
+    limited_key: str = ""
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -198,13 +205,14 @@ def stack(database_url: str, settings: dict[str, str]) -> Iterator[Stack]:
     manage(env, "migrate", "--noinput")
     manage(env, "create_user", "bench")
     key = manage(env, "create_api_key", "bench", "--name", "bench").strip()
+    limited_key = manage(env, "create_api_key", "bench", "--name", "bench-limited", *LIMITS).strip()
     backend = subprocess.Popen(
         [PYTHON, str(ROOT / "bench" / "fake_backend.py"), "--port", str(backend_port), "--chunks", str(CHUNKS),
          "--chunk-delay", str(CHUNK_DELAY)],
         preexec_fn=raise_fd_limit,
     )  # fmt: skip
     try:
-        yield Stack(env, f"http://127.0.0.1:{backend_port}", key, backend)
+        yield Stack(env, f"http://127.0.0.1:{backend_port}", key, backend, limited_key)
     finally:
         stop(backend)
 
@@ -263,13 +271,13 @@ class Client:
             assert response.status == 201, body
             return body["response"]["conversation_id"], body["response"]["id"]
 
-    async def ask(self, conversation_id: str, parent_id: str) -> tuple[float, bool]:
+    async def ask(self, conversation_id: str, parent_id: str, key: str | None = None) -> tuple[float, bool]:
         """A persisted non-streaming ask, always from the same parent so the thread depth stays the same."""
         started = time.perf_counter()
         async with self.session.post(
             f"{self.url}/conversations/{conversation_id}/ask",
             json={"prompt": "How are you?", "parent_id": parent_id},
-            headers=self.auth,
+            headers={"Authorization": f"Bearer {key}"} if key else self.auth,
         ) as response:
             await response.read()
             return time.perf_counter() - started, response.status == 201
@@ -421,6 +429,40 @@ async def scenario_overhead(client: Client, n: int) -> dict[str, Any]:
         "overhead_p50_ms": (pct(service, 50) - pct(direct, 50)) * ms,
         "overhead_p99_ms": (pct(service, 99) - pct(direct, 99)) * ms,
     }
+
+
+async def scenario_limits(client: Client, n: int) -> dict[str, Any]:
+    """What a key's limits cost: the same ask with a key with every limit and with one without, interleaved in
+    batches of 10 so that both see the same machine, each batch's service CPU time counted to its key."""
+    conversation_id, parent_id = await client.new_conversation()
+    keys = {"unlimited": client.stack.key, "limited": client.stack.limited_key}
+    for _ in range(20):  # warm up both paths
+        for key in keys.values():
+            await client.ask(conversation_id, parent_id, key)
+    cpu = dict.fromkeys(keys, 0.0)
+    latencies: dict[str, list[float]] = {name: [] for name in keys}
+    differences = []  # per round: (limited batch − unlimited batch) CPU, per ask
+    failed = 0
+    for _ in range(max(2, n // 10)):
+        batch = {}
+        for name, key in keys.items():
+            before = client.service.cpu_seconds()
+            for _ in range(10):
+                latency, ok = await client.ask(conversation_id, parent_id, key)
+                latencies[name].append(latency)
+                failed += not ok
+            batch[name] = client.service.cpu_seconds() - before
+            cpu[name] += batch[name]
+        differences.append((batch["limited"] - batch["unlimited"]) / 10 * 1000)
+    out: dict[str, Any] = {"requests_per_key": len(latencies["limited"]), "failed": failed}
+    for name in keys:
+        out[f"{name}_cpu_ms_per_ask"] = cpu[name] / len(latencies[name]) * 1000
+        out[f"{name}_p50_ms"] = pct(latencies[name], 50) * 1000
+    out["limits_cpu_ms_per_ask"] = out["limited_cpu_ms_per_ask"] - out["unlimited_cpu_ms_per_ask"]
+    # How far that difference can be trusted on this machine: the standard error of the rounds' differences.
+    out["limits_cpu_ms_per_ask_stderr"] = statistics.stdev(differences) / len(differences) ** 0.5
+    out["limits_p50_ms"] = out["limited_p50_ms"] - out["unlimited_p50_ms"]
+    return out
 
 
 async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
@@ -722,6 +764,9 @@ async def measure(stack: Stack, service: Service, args: argparse.Namespace) -> d
         if wanted("overhead"):
             print("… overhead of a non-streaming ask (concurrency 1)", flush=True)
             results["overhead_c1"] = await scenario_overhead(client, n)
+        if wanted("limits"):
+            print("… an ask with a key with limits and one without, interleaved", flush=True)
+            results["limits"] = await scenario_limits(client, n)
         if wanted("v1"):
             print("… /v1/chat/completions (stateless, stream and not; one stateful)", flush=True)
             results["v1"] = await scenario_v1(client, n)
@@ -784,6 +829,17 @@ def report(results: dict[str, Any]) -> str:
                 f"p50 {o['overhead_p50_ms']:.2f} ms, p99 {o['overhead_p99_ms']:.2f} ms "
                 f"(service p50 {o['service_p50_ms']:.2f} ms, direct p50 {o['direct_p50_ms']:.2f} ms; "
                 f"service CPU {o['service_cpu_ms_per_request']:.2f} ms a request)",
+            )
+        )
+    if "limits" in results:
+        lim = results["limits"]
+        rows.append(
+            (
+                "an ask's limits, c=1 (limited − unlimited key)",
+                f"service CPU {lim['limits_cpu_ms_per_ask']:+.3f} ± {lim['limits_cpu_ms_per_ask_stderr']:.3f} ms "
+                "an ask "
+                f"({lim['limited_cpu_ms_per_ask']:.2f} vs "
+                f"{lim['unlimited_cpu_ms_per_ask']:.2f}), p50 {lim['limits_p50_ms']:+.2f} ms",
             )
         )
     if "v1" in results:
@@ -881,7 +937,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["overhead", "v1", "throughput", "ttfb", "streams", "resume", "soak", "queries"],
+        choices=["overhead", "limits", "v1", "throughput", "ttfb", "streams", "resume", "soak", "queries"],
         help="run only these scenarios",
     )
     parser.add_argument(
