@@ -19,7 +19,7 @@ from accounts.models import APIKey, IdempotencyRecord
 from accounts.services import api_key_create
 from chatapi import idempotency
 from conversations.models import Conversation, Message
-from tests.live import Event, read_events
+from tests.live import Event, read_events, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -256,3 +256,19 @@ def test_the_repeat_of_a_stream_whose_reply_was_deleted_is_a_404(session, live_u
     assert again.status_code == 404
     assert again.json()["error"]["code"] == "idempotent_reply_deleted"
     assert len(backend.requests) == 1
+
+
+def test_a_stored_response_and_a_background_one_are_made_once(user, live_url, backend):
+    _, raw = api_key_create(user=user)
+    client = openai.OpenAI(base_url=f"{live_url}/v1", api_key=raw, max_retries=0)
+
+    done = [client.responses.create(model="auto", input="Hi", extra_headers={"Idempotency-Key": "r1"}) for _ in "ab"]
+    queued = [
+        client.responses.create(model="auto", input="Later", background=True, extra_headers={"Idempotency-Key": "r2"})
+        for _ in "ab"
+    ]
+
+    assert done[0].id == done[1].id and done[0].output_text == done[1].output_text
+    assert queued[0].id == queued[1].id
+    assert Message.objects.filter(role="assistant").count() == 2
+    assert wait_until(lambda: len(backend.requests) == 2)
