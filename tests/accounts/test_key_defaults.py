@@ -3,26 +3,15 @@ made (the admin, create_api_key, POST /api/keys), each falling back to the serve
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from django.core.management import CommandError, call_command
-from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import APIKey, User
 from accounts.services import api_key_create, user_create
+from tests.accounts.test_admin import keys_in
 
 pytestmark = pytest.mark.django_db
-
-KEY_RE = re.compile(r"ck_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
-
-
-@pytest.fixture
-def admin(db) -> Client:
-    client = Client()
-    client.force_login(user_create(username="root", email="root@example.com", is_superuser=True))
-    return client
 
 
 @pytest.fixture
@@ -62,7 +51,7 @@ def test_defaults_set_in_the_admin_are_what_every_new_key_of_the_user_starts_wit
     expected = (10, 50_000, None, 5000, "day")
 
     added = admin.post("/admin/accounts/apikey/add/", {"user": user.pk, "name": "admin-made"}, follow=True)
-    [raw] = KEY_RE.findall(added.content.decode())
+    [raw] = keys_in(added)
     assert limits_of(APIKey.objects.get(name="admin-made")) == expected
 
     call_command("create_api_key", "alice", "--name", "command-made", "--tpm", "70")
