@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
 from accounts import selectors, services
-from accounts.models import LIMIT_FIELDS, APIKey, User
+from accounts.models import KEY_DEFAULT_FIELDS, LIMIT_FIELDS, APIKey, User
 from chatapi.admin_mixins import ReadOnlyInlineMixin
 
 if TYPE_CHECKING:
@@ -38,6 +38,16 @@ class APIKeyInline(ReadOnlyInlineMixin, admin.TabularInline):
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ("username", "email", "name", "is_staff", "active_keys", "tokens_used")
+    fieldsets = (
+        *(DjangoUserAdmin.fieldsets or ()),
+        (
+            "Limits of this user's new API keys (empty: the server's CHATAPI_DEFAULT_*; 0: none)",
+            {
+                "fields": KEY_DEFAULT_FIELDS,
+                "description": "Keys made for this user from now on start with these; existing keys keep theirs.",
+            },
+        ),
+    )
     inlines = [APIKeyInline]
     actions = ["create_api_key"]
 
@@ -98,7 +108,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     add_form = APIKeyAddForm
     add_fieldsets = (
         (None, {"fields": ("user", "name", "expires_in_days")}),
-        ("Limits (empty: the server's defaults; 0: none)", {"fields": LIMIT_FIELDS}),
+        ("Limits (empty: the user's defaults for new keys, else the server's; 0: none)", {"fields": LIMIT_FIELDS}),
     )
     fieldsets = (
         (None, {"fields": ("user", "name", "prefix", "status")}),

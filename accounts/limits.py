@@ -114,6 +114,8 @@ class Counter(Protocol):
 
     async def in_progress(self, key_id: str, now: float) -> int: ...
 
+    async def requests_used(self, key_id: str, now: float) -> int | None: ...
+
 
 class LocalCounter:
     """In the process (no REDIS_URL): one worker, so its own memory is every worker's."""
@@ -167,6 +169,11 @@ class LocalCounter:
     async def in_progress(self, key_id: str, now: float) -> int:
         with self._lock:
             return sum(end > now for end in self._slots.get(key_id, {}).values())
+
+    async def requests_used(self, key_id: str, now: float) -> int | None:
+        with self._lock:
+            window, used = self._requests.get(key_id, (0, 0))
+            return used if window == int(now // 60) else 0
 
 
 # KEYS[1]: the key's requests in this minute; KEYS[2]: its slots (sorted set: slot id -> lease end).
@@ -256,6 +263,15 @@ class RedisCounter:
     async def in_progress(self, key_id: str, now: float) -> int:
         client, _, _ = self._client()
         return int(await client.zcount(self._keys(key_id, 0)[1], f"({now}", "+inf"))
+
+    async def requests_used(self, key_id: str, now: float) -> int | None:
+        """Requests counted this minute (one GET); None when Redis cannot be reached."""
+        client, _, _ = self._client()
+        try:
+            return int(await client.get(self._keys(key_id, int(now // 60))[0]) or 0)
+        except (RedisError, OSError) as exc:
+            logger.warning("Requests this minute not read, Redis cannot be reached: %s", exc)
+            return None
 
 
 _counters: dict[str, Counter] = {}
@@ -452,8 +468,17 @@ async def admin_key_attempt_succeeded(attempt: AdminKeyAttempt) -> None:
     await counter().refund(attempt.counter_id, attempt.at)
 
 
+async def limit_headers_now(api_key: APIKey) -> dict[str, str]:
+    """The `x-ratelimit-*` headers of a key's answer on an endpoint that does not call the model: where it
+    stands, counting nothing (one read of its requests this minute when it has `rpm`)."""
+    now = datetime.now(UTC)
+    used = await counter().requests_used(str(api_key.pk), now.timestamp()) if api_key.rpm else None
+    return limit_headers(api_key, requests_used=used, now=now)
+
+
 class LimitHeadersMixin:
-    """For the views that call the model: their answers carry the `x-ratelimit-*` headers limit_admit made."""
+    """For the views that call the model: their answers carry the `x-ratelimit-*` headers limit_admit made
+    (chatapi.middleware.LimitHeadersMiddleware gives the other answers theirs)."""
 
     def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]

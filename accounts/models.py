@@ -6,14 +6,13 @@ import uuid
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractUser
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
 
 KEY_PREFIX = "ck"
-
-
-class User(AbstractUser):
-    """The service's user; custom from the first migration so it can grow without pain."""
+# The largest limit: what a 32-bit column holds, far above any real one. Forms and services refuse more.
+MAX_LIMIT = 2**31 - 1
 
 
 class BudgetPeriod(models.TextChoices):
@@ -24,6 +23,34 @@ class BudgetPeriod(models.TextChoices):
 
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "budget_tokens", "budget_period")
+# A user's defaults for their new keys: User.key_<limit field>.
+KEY_DEFAULT_FIELDS = tuple(f"key_{field}" for field in LIMIT_FIELDS)
+
+
+def _key_default(help_text: str) -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_LIMIT)],
+        help_text=f"{help_text} for this user's new keys. Empty: the server's default; 0: none.",
+    )
+
+
+class User(AbstractUser):
+    """The service's user; custom from the first migration so it can grow without pain."""
+
+    # Limits a key made for this user starts with (by the admin, create_api_key or POST /api/keys), each
+    # falling back to the server-wide CHATAPI_DEFAULT_* when empty.
+    key_rpm = _key_default("Requests a minute")
+    key_tpm = _key_default("Tokens a minute")
+    key_max_parallel = _key_default("Replies in progress at once")
+    key_budget_tokens = _key_default("Tokens per budget period")
+    key_budget_period = models.CharField(
+        max_length=8,
+        blank=True,
+        choices=BudgetPeriod.choices,
+        help_text="The budget period of this user's new keys. Empty: the server's default.",
+    )
 
 
 class APIKey(models.Model):
@@ -52,11 +79,23 @@ class APIKey(models.Model):
     total_tokens = models.PositiveBigIntegerField(default=0, editable=False)
     # Limits (null: none). Requests a minute and generations in progress are counted in Redis (in the
     # process without it); tokens are counted here, in the UPDATE that records each reply's usage.
-    rpm = models.PositiveIntegerField(null=True, blank=True, help_text="Requests a minute that call the model.")
-    tpm = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens a minute.")
-    max_parallel = models.PositiveIntegerField(null=True, blank=True, help_text="Generations in progress at once.")
+    rpm = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_LIMIT)],
+        help_text="Requests a minute that call the model.",
+    )
+    tpm = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(MAX_LIMIT)], help_text="Tokens a minute."
+    )
+    max_parallel = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(MAX_LIMIT)], help_text="Generations in progress at once."
+    )
     budget_tokens = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="Tokens allowed per budget period (needs a budget period)."
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_LIMIT)],
+        help_text="Tokens allowed per budget period (needs a budget period).",
     )
     budget_period = models.CharField(
         max_length=8, blank=True, choices=BudgetPeriod.choices, help_text="The period the token budget is for."

@@ -16,7 +16,7 @@ from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from accounts import limits as key_limits  # a module: accounts.limits imports DRF, whose settings import us
-from accounts.models import KEY_PREFIX, LIMIT_FIELDS, APIKey, BudgetPeriod, User
+from accounts.models import KEY_DEFAULT_FIELDS, KEY_PREFIX, LIMIT_FIELDS, MAX_LIMIT, APIKey, BudgetPeriod, User
 from accounts.selectors import api_key_get_by_lookup_id
 from chatapi.errors import InvalidRequest
 
@@ -91,7 +91,6 @@ def user_create(
 
 # Limits as given to the services: a number (0: no limit) or a period; a limit left out is left as it is.
 Limits = dict[str, int | str | None]
-MAX_LIMIT = 2**31 - 1
 
 
 def _limits_clean(limits: Limits) -> dict[str, int | str | None]:
@@ -109,22 +108,49 @@ def _limits_clean(limits: Limits) -> dict[str, int | str | None]:
             continue
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not value >= 0):
             raise InvalidRequest(f"{field} must be a whole number, 0 for no limit.", param=field)
-        if value is not None and field != "budget_tokens" and value > MAX_LIMIT:
+        if value is not None and value > MAX_LIMIT:
             raise InvalidRequest(f"{field} must be at most {MAX_LIMIT}.", param=field)
         cleaned[field] = value or None
     return cleaned
 
 
-def _limits_default() -> dict[str, int | str | None]:
-    return _limits_clean(
-        {
-            "rpm": settings.CHATAPI_DEFAULT_RPM,
-            "tpm": settings.CHATAPI_DEFAULT_TPM,
-            "max_parallel": settings.CHATAPI_DEFAULT_MAX_PARALLEL,
-            "budget_tokens": settings.CHATAPI_DEFAULT_BUDGET_TOKENS,
-            "budget_period": settings.CHATAPI_DEFAULT_BUDGET_PERIOD,
-        }
-    )
+def _limits_default(user: User) -> dict[str, int | str | None]:
+    """The limits a new key of `user` starts with: the user's defaults, each falling back to the server's
+    (CHATAPI_DEFAULT_*) when the user has none."""
+    server: Limits = {
+        "rpm": settings.CHATAPI_DEFAULT_RPM,
+        "tpm": settings.CHATAPI_DEFAULT_TPM,
+        "max_parallel": settings.CHATAPI_DEFAULT_MAX_PARALLEL,
+        "budget_tokens": settings.CHATAPI_DEFAULT_BUDGET_TOKENS,
+        "budget_period": settings.CHATAPI_DEFAULT_BUDGET_PERIOD,
+    }
+    own: Limits = {field: getattr(user, f"key_{field}") for field in LIMIT_FIELDS}
+    return _limits_clean({field: server[field] if own[field] in (None, "") else own[field] for field in LIMIT_FIELDS})
+
+
+def user_key_defaults(*, user: User) -> dict[str, int | str | None]:
+    """The limits a new key of `user` would start with (None: no limit)."""
+    chosen = _limits_default(user)
+    if not chosen["budget_tokens"]:
+        chosen["budget_period"] = ""
+    return chosen
+
+
+def user_key_defaults_update(*, user: User, limits: Limits, reset: bool = False) -> User:
+    """Set the limits `user`'s new keys start with: a number (0: none), a period, or None (the server's default
+    again) for each limit given; `reset` first puts every one back to the server's default."""
+    if reset:
+        for field in LIMIT_FIELDS:
+            setattr(user, f"key_{field}", "" if field == "budget_period" else None)
+    for field, value in limits.items():
+        if value is None:
+            setattr(user, f"key_{field}", "" if field == "budget_period" else None)
+            continue
+        cleaned = _limits_clean({field: value})[field]
+        # Unlike a key's own limits, 0 (none) is kept: it is not the same as "the server's default".
+        setattr(user, f"key_{field}", cleaned if field == "budget_period" else cleaned or 0)
+    user.save(update_fields=list(KEY_DEFAULT_FIELDS))
+    return user
 
 
 def _limits_check(api_key: APIKey) -> None:
@@ -132,35 +158,35 @@ def _limits_check(api_key: APIKey) -> None:
         raise InvalidRequest("A token budget needs a budget_period.", param="budget_period")
 
 
-def _limits_within(limits: dict[str, int | str | None], maker: APIKey) -> list[str]:
-    """Tighten `limits` (in place) to the maker's key: a limit left out becomes the maker's (their names are
-    returned); a looser one, or none where the maker has one, is a 400 naming it."""
+def _limits_within(chosen: dict[str, int | str | None], given: Limits, maker: APIKey) -> list[str]:
+    """Tighten `chosen` (in place) to the maker's key: a limit given looser than the maker's, or none where the
+    maker has one, is a 400 naming it; one left out (a default) is lowered to the maker's, and its name
+    returned."""
     tightened = []
     for field in ("rpm", "tpm", "max_parallel", "budget_tokens"):
         ceiling = getattr(maker, field)
-        if ceiling is None:
+        value = chosen[field]
+        if ceiling is None or (value is not None and int(value) <= ceiling):
             continue
-        if field not in limits:
-            limits[field] = ceiling
-            tightened.append(field)
-            continue
-        value = limits[field]
-        if value is None or int(value) > ceiling:
+        if field in given:
             raise InvalidRequest(
                 f"{field} may be at most {ceiling}, the limit of the key this request was made with.", param=field
             )
-    if maker.budget_tokens:
-        period = limits.get("budget_period")
-        if not period:
-            limits["budget_period"] = maker.budget_period
-            if "budget_period" not in tightened:
-                tightened.append("budget_period")
-        elif period not in (maker.budget_period, BudgetPeriod.TOTAL):
+        chosen[field] = ceiling
+        tightened.append(field)
+    if not maker.budget_tokens:
+        return tightened
+    if given.get("budget_period"):
+        if given["budget_period"] not in (maker.budget_period, BudgetPeriod.TOTAL):
             raise InvalidRequest(
                 f"budget_period must be {maker.budget_period} (or total), the period of the key this request was "
                 "made with.",
                 param="budget_period",
             )
+    elif "budget_tokens" in tightened or chosen["budget_period"] not in (maker.budget_period, BudgetPeriod.TOTAL):
+        # The maker's budget, or one counted over another period than the maker's: the maker's period.
+        chosen["budget_period"] = maker.budget_period
+        tightened.append("budget_period")
     return tightened
 
 
@@ -173,8 +199,9 @@ def api_key_create(
     maker: APIKey | None = None,
 ) -> tuple[APIKey, str]:
     """Make a key for `user`. The full key is returned here once and never stored. `limits` override the
-    server-wide defaults (CHATAPI_DEFAULT_*); with `maker` (the key a user makes it with), the new key is
-    never looser than it: limits left out are the maker's (listed in `api_key.tightened`)."""
+    user's defaults for new keys, and those the server-wide ones (CHATAPI_DEFAULT_*); with `maker` (the key a
+    user makes it with), the new key is never looser than it: a default looser than the maker's limit is
+    lowered to it (listed in `api_key.tightened`), a given one is a 400."""
     if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRES_IN_DAYS:
         raise InvalidRequest(f"expires_in_days must be between 1 and {MAX_EXPIRES_IN_DAYS}.", param="expires_in_days")
     name = name.strip()
@@ -183,8 +210,8 @@ def api_key_create(
         raise InvalidRequest(f"name must be at most {max_name_length} characters.", param="name")
     expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     given = _limits_clean(limits or {})
-    tightened = _limits_within(given, maker) if maker is not None else []
-    chosen = {**_limits_default(), **given}
+    chosen = {**_limits_default(user), **given}
+    tightened = _limits_within(chosen, given, maker) if maker is not None else []
     if not chosen["budget_tokens"] and "budget_period" not in given:
         chosen["budget_period"] = ""
     candidate = APIKey(**chosen)

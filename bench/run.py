@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,10 @@ MODEL = "bench-model"
 # answers a non-streamed request, since the service streams every persisted reply from the backend.
 INSTANT = "bench-instant"
 CHUNKS, CHUNK_DELAY = 50, 0.02
+# The limited key's limits: all of them, so that every check runs (the Redis script, the slot held while the
+# reply is generated and released after it), and so high that none is ever reached.
+LIMITS = ["--rpm", "2000000000", "--tpm", "2000000000", "--max-parallel", "100000", "--budget-tokens", "2000000000",
+          "--budget-period", "month"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -141,6 +146,10 @@ class Stack:
     backend_url: str
     key: str
     backend: subprocess.Popen
+    # Keys of the same user with every limit, and with all but max_parallel (none of them ever reached): what
+    # limits cost (scenario_limits), with the slot released after each reply and without.
+    limited_key: str = ""
+    counted_key: str = ""
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -198,13 +207,15 @@ def stack(database_url: str, settings: dict[str, str]) -> Iterator[Stack]:
     manage(env, "migrate", "--noinput")
     manage(env, "create_user", "bench")
     key = manage(env, "create_api_key", "bench", "--name", "bench").strip()
+    limited_key = manage(env, "create_api_key", "bench", "--name", "bench-limited", *LIMITS).strip()
+    counted_key = manage(env, "create_api_key", "bench", "--name", "bench-counted", *LIMITS[:4]).strip()
     backend = subprocess.Popen(
         [PYTHON, str(ROOT / "bench" / "fake_backend.py"), "--port", str(backend_port), "--chunks", str(CHUNKS),
          "--chunk-delay", str(CHUNK_DELAY)],
         preexec_fn=raise_fd_limit,
     )  # fmt: skip
     try:
-        yield Stack(env, f"http://127.0.0.1:{backend_port}", key, backend)
+        yield Stack(env, f"http://127.0.0.1:{backend_port}", key, backend, limited_key, counted_key)
     finally:
         stop(backend)
 
@@ -263,13 +274,13 @@ class Client:
             assert response.status == 201, body
             return body["response"]["conversation_id"], body["response"]["id"]
 
-    async def ask(self, conversation_id: str, parent_id: str) -> tuple[float, bool]:
+    async def ask(self, conversation_id: str, parent_id: str, key: str | None = None) -> tuple[float, bool]:
         """A persisted non-streaming ask, always from the same parent so the thread depth stays the same."""
         started = time.perf_counter()
         async with self.session.post(
             f"{self.url}/conversations/{conversation_id}/ask",
             json={"prompt": "How are you?", "parent_id": parent_id},
-            headers=self.auth,
+            headers={"Authorization": f"Bearer {key}"} if key else self.auth,
         ) as response:
             await response.read()
             return time.perf_counter() - started, response.status == 201
@@ -421,6 +432,47 @@ async def scenario_overhead(client: Client, n: int) -> dict[str, Any]:
         "overhead_p50_ms": (pct(service, 50) - pct(direct, 50)) * ms,
         "overhead_p99_ms": (pct(service, 99) - pct(direct, 99)) * ms,
     }
+
+
+async def scenario_limits(client: Client, n: int) -> dict[str, Any]:
+    """What a key's limits cost: the same ask with a key with every limit (`limited`: the Redis script before
+    it, its max_parallel slot released after it), with rpm and tpm only (`counted`: the script alone) and with
+    none, interleaved in batches of 10 so that all see the same machine, each batch's service CPU time counted
+    to its key."""
+    conversation_id, parent_id = await client.new_conversation()
+    stack = client.stack
+    keys = {"unlimited": stack.key, "limited": stack.limited_key, "counted": stack.counted_key}
+    for _ in range(20):  # warm up every path
+        for key in keys.values():
+            await client.ask(conversation_id, parent_id, key)
+    cpu = dict.fromkeys(keys, 0.0)
+    latencies: dict[str, list[float]] = {name: [] for name in keys}
+    # Per round: (a limited key's batch − the unlimited key's) CPU, per ask.
+    differences: dict[str, list[float]] = {"limited": [], "counted": []}
+    failed = 0
+    for _ in range(max(2, n // 10)):
+        batch = {}
+        for name, key in keys.items():
+            before = client.service.cpu_seconds()
+            for _ in range(10):
+                latency, ok = await client.ask(conversation_id, parent_id, key)
+                latencies[name].append(latency)
+                failed += not ok
+            batch[name] = client.service.cpu_seconds() - before
+            cpu[name] += batch[name]
+        for name, values in differences.items():
+            values.append((batch[name] - batch["unlimited"]) / 10 * 1000)
+    out: dict[str, Any] = {"requests_per_key": len(latencies["limited"]), "failed": failed}
+    for name in keys:
+        out[f"{name}_cpu_ms_per_ask"] = cpu[name] / len(latencies[name]) * 1000
+        out[f"{name}_p50_ms"] = pct(latencies[name], 50) * 1000
+    for name, values in differences.items():
+        prefix = "limits" if name == "limited" else "counted_limits"
+        out[f"{prefix}_cpu_ms_per_ask"] = out[f"{name}_cpu_ms_per_ask"] - out["unlimited_cpu_ms_per_ask"]
+        # How far that difference can be trusted on this machine: the standard error of the rounds' differences.
+        out[f"{prefix}_cpu_ms_per_ask_stderr"] = statistics.stdev(values) / len(values) ** 0.5
+    out["limits_p50_ms"] = out["limited_p50_ms"] - out["unlimited_p50_ms"]
+    return out
 
 
 async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
@@ -722,6 +774,9 @@ async def measure(stack: Stack, service: Service, args: argparse.Namespace) -> d
         if wanted("overhead"):
             print("… overhead of a non-streaming ask (concurrency 1)", flush=True)
             results["overhead_c1"] = await scenario_overhead(client, n)
+        if wanted("limits"):
+            print("… an ask with a key with limits and one without, interleaved", flush=True)
+            results["limits"] = await scenario_limits(client, n)
         if wanted("v1"):
             print("… /v1/chat/completions (stateless, stream and not; one stateful)", flush=True)
             results["v1"] = await scenario_v1(client, n)
@@ -784,6 +839,17 @@ def report(results: dict[str, Any]) -> str:
                 f"p50 {o['overhead_p50_ms']:.2f} ms, p99 {o['overhead_p99_ms']:.2f} ms "
                 f"(service p50 {o['service_p50_ms']:.2f} ms, direct p50 {o['direct_p50_ms']:.2f} ms; "
                 f"service CPU {o['service_cpu_ms_per_request']:.2f} ms a request)",
+            )
+        )
+    if "limits" in results:
+        lim = results["limits"]
+        rows.append(
+            (
+                "an ask's limits, c=1 (limited − unlimited key)",
+                f"service CPU {lim['limits_cpu_ms_per_ask']:+.3f} ± {lim['limits_cpu_ms_per_ask_stderr']:.3f} ms "
+                f"an ask with every limit, {lim['counted_limits_cpu_ms_per_ask']:+.3f} ± "
+                f"{lim['counted_limits_cpu_ms_per_ask_stderr']:.3f} ms with rpm and tpm only "
+                f"(unlimited {lim['unlimited_cpu_ms_per_ask']:.2f} ms); p50 {lim['limits_p50_ms']:+.2f} ms",
             )
         )
     if "v1" in results:
@@ -881,7 +947,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["overhead", "v1", "throughput", "ttfb", "streams", "resume", "soak", "queries"],
+        choices=["overhead", "limits", "v1", "throughput", "ttfb", "streams", "resume", "soak", "queries"],
         help="run only these scenarios",
     )
     parser.add_argument(

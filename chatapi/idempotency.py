@@ -12,6 +12,8 @@ bad body, a 404, a 429) is not kept, so that the client can fix it and retry wit
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -27,11 +29,16 @@ from rest_framework.response import Response
 
 from accounts.models import APIKey, IdempotencyRecord
 from chatapi.db import db_work
-from chatapi.errors import ApplicationError, Conflict, InvalidRequest
+from chatapi.errors import ApplicationError, Conflict, InvalidRequest, NotFound
+from conversations.models import Message
 
 HEADER = "Idempotency-Key"
 MAX_LENGTH = 255
 KEEP = timedelta(hours=24)
+# How often a worker deletes the expired records on its own (purge_idempotency_keys does it on demand).
+PURGE_EVERY_SECONDS = 3600.0
+_purge_lock = threading.Lock()
+_purged_at = float("-inf")
 # Headers of the first answer that a repeat gets too.
 _KEPT_HEADERS = ("X-Conversation-Id", "Location")
 
@@ -49,7 +56,8 @@ def _fingerprint(request: Request) -> str:
 
 def record_begin(*, api_key: APIKey, key: str, fingerprint: str) -> tuple[IdempotencyRecord, bool]:
     """The record of `key` for `api_key`, and whether this request is its first (and is to be carried out).
-    A record older than 24 hours is forgotten first."""
+    A record older than 24 hours is forgotten first; about once an hour, every expired one is."""
+    records_expired_purge_due()
     IdempotencyRecord.objects.filter(api_key=api_key, key=key, created_at__lt=timezone.now() - KEEP).delete()
     try:
         with transaction.atomic():
@@ -85,7 +93,20 @@ def record_forget(*, record: IdempotencyRecord) -> None:
 
 
 def records_expired_delete() -> int:
+    """Delete the records kept past 24 hours (an index range on created_at); how many there were."""
     return IdempotencyRecord.objects.filter(created_at__lt=timezone.now() - KEEP).delete()[0]
+
+
+def records_expired_purge_due() -> None:
+    """Delete the expired records if this process has not done so for PURGE_EVERY_SECONDS: the table stays
+    about a day's worth of records without a scheduled job, at one DELETE an hour per worker."""
+    global _purged_at
+    now = time.monotonic()
+    with _purge_lock:
+        if now - _purged_at < PURGE_EVERY_SECONDS:
+            return
+        _purged_at = now
+    records_expired_delete()
 
 
 StreamReplay = Callable[[Request, uuid.UUID], Awaitable[HttpResponseBase]]
@@ -167,6 +188,16 @@ def _key(request: Request) -> tuple[str, APIKey] | None:
 def mark_reply(request: Request, reply_id: uuid.UUID) -> None:
     """Note the reply a streamed answer follows, for a repeat of an idempotent request."""
     request._reply_id = reply_id  # type: ignore[attr-defined]
+
+
+def replayed_reply(reply_id: uuid.UUID) -> Message:
+    """The reply a streamed original followed, for its repeat; a 404 when it has been deleted since."""
+    reply = Message.objects.filter(pk=reply_id).first()
+    if reply is None:
+        raise NotFound(
+            f"The reply the first request with this {HEADER} made has been deleted.", code="idempotent_reply_deleted"
+        )
+    return reply
 
 
 def _repeat_done(record: IdempotencyRecord, fingerprint: str) -> Response:

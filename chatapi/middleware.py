@@ -1,17 +1,19 @@
-"""Middleware for what reaches Django from the edge: a request that cannot be served, a body sent without
-Content-Length."""
+"""Middleware for what reaches Django from the edge (a request that cannot be served, a body sent without
+Content-Length) and for what every answer carries (a limited key's `x-ratelimit-*` headers)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from servestatic.middleware import ServeStaticMiddleware
 from servestatic.responders import MissingFileError
 
+from accounts.limits import limit_headers_now
+from accounts.models import APIKey
 from chatapi.errors import error_body, not_found_view, request_too_large_body
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
@@ -70,6 +72,34 @@ def refusal(request: HttpRequest) -> JsonResponse | None:
         # DRF reads a request's body only when its Content-Length says there is one.
         request.META["CONTENT_LENGTH"] = str(len(body))
     return None
+
+
+class LimitHeadersMiddleware(_Middleware):
+    """Every answer to a key with limits carries OpenAI's `x-ratelimit-*` headers, as OpenAI's do: those of the
+    endpoints that call the model are made where the request is counted (accounts.limits.limit_admit); the
+    others' here, after DRF has authenticated the request (it sets `auth` on Django's request too)."""
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        response = await self.get_response(request)  # type: ignore[misc]
+        if self._wanted(request, response):
+            self._add(response, await limit_headers_now(request.auth))  # type: ignore[attr-defined]
+        return response
+
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if self._wanted(request, response):
+            self._add(response, async_to_sync(limit_headers_now)(request.auth))  # type: ignore[attr-defined]
+        return response
+
+    @staticmethod
+    def _wanted(request: HttpRequest, response: HttpResponseBase) -> bool:
+        api_key = getattr(request, "auth", None)
+        already = response.has_header("x-ratelimit-limit-requests") or response.has_header("x-ratelimit-limit-tokens")
+        return isinstance(api_key, APIKey) and api_key.has_limits and not already
+
+    @staticmethod
+    def _add(response: HttpResponseBase, headers: dict[str, str]) -> None:
+        for name, value in headers.items():
+            response.setdefault(name, value)
 
 
 class StaticFilesMiddleware(ServeStaticMiddleware):

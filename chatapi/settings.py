@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # After DRF has authenticated a request with a limited key: its x-ratelimit-* headers, on every answer.
+    "chatapi.middleware.LimitHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "chatapi.urls"
@@ -219,13 +221,15 @@ CHATAPI_GENERATION_LOG_TTL = env_int("CHATAPI_GENERATION_LOG_TTL", 600, minimum=
 CHATAPI_GENERATION_LOG_MAXLEN = env_int("CHATAPI_GENERATION_LOG_MAXLEN", 10_000, minimum=1)
 # A stream that has sent nothing for this long gets a `: ping` comment, so proxies keep it open.
 CHATAPI_SSE_PING_SECONDS = env_float("CHATAPI_SSE_PING_SECONDS", 15.0)
-# A key's `last_used_at` is written at most this often (seconds), not on every request.
-# Limits new API keys get (0: none); each key's own can be changed in the admin or with update_api_key.
-CHATAPI_DEFAULT_RPM = env_int("CHATAPI_DEFAULT_RPM", 0, minimum=0)
-CHATAPI_DEFAULT_TPM = env_int("CHATAPI_DEFAULT_TPM", 0, minimum=0)
-CHATAPI_DEFAULT_MAX_PARALLEL = env_int("CHATAPI_DEFAULT_MAX_PARALLEL", 0, minimum=0)
-CHATAPI_DEFAULT_BUDGET_TOKENS = env_int("CHATAPI_DEFAULT_BUDGET_TOKENS", 0, minimum=0)
+# Limits new API keys get (0: none) unless their user has defaults of their own; each key's own can be changed
+# in the admin or with update_api_key. At most what the database column holds (accounts.services.MAX_LIMIT).
+_MAX_LIMIT = 2**31 - 1
+CHATAPI_DEFAULT_RPM = env_int("CHATAPI_DEFAULT_RPM", 0, minimum=0, maximum=_MAX_LIMIT)
+CHATAPI_DEFAULT_TPM = env_int("CHATAPI_DEFAULT_TPM", 0, minimum=0, maximum=_MAX_LIMIT)
+CHATAPI_DEFAULT_MAX_PARALLEL = env_int("CHATAPI_DEFAULT_MAX_PARALLEL", 0, minimum=0, maximum=_MAX_LIMIT)
+CHATAPI_DEFAULT_BUDGET_TOKENS = env_int("CHATAPI_DEFAULT_BUDGET_TOKENS", 0, minimum=0, maximum=_MAX_LIMIT)
 CHATAPI_DEFAULT_BUDGET_PERIOD = env_choice("CHATAPI_DEFAULT_BUDGET_PERIOD", "month", ["day", "week", "month", "total"])
+# A key's `last_used_at` is written at most this often (seconds), not on every request.
 CHATAPI_KEY_LAST_USED_INTERVAL = env_int("CHATAPI_KEY_LAST_USED_INTERVAL", 60, minimum=0)
 # The operator endpoints (`/admin/users…`, for the older proxy's admin scripts) accept this key, or a staff
 # user's API key. Unset, they answer 404 to anyone without a staff key, so they do not advertise themselves.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -30,7 +31,7 @@ from accounts.limits import LimitHeadersMixin, Slot, limit_admit
 from accounts.services import api_key_usage_record
 from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import ApplicationError, BackendError, InvalidRequest, NotFound, exception_handler
-from chatapi.idempotency import idempotent
+from chatapi.idempotency import idempotent, mark_reply, replayed_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, event_stream
 from conversations import generations, llm, services, streaming
@@ -296,38 +297,46 @@ async def stateless_chunks(
 
 
 async def stateful_chunks(
-    generation: generations.Generation, reply: Message, *, include_usage: bool
+    reply: Message, *, include_usage: bool, generation: generations.Generation | None = None
 ) -> AsyncGenerator[bytes, None]:
-    """A stored reply's generation as `chat.completion.chunk` events. A failure before any text is raised
-    instead (an ordinary error response: streaming.primed_stream); the turn is stored either way."""
-    job = generation.job
+    """A stored reply's generation as `chat.completion.chunk` events, from the start and live to its end, from
+    any worker. `generation`: the one this request started, whose failure before any text is raised instead
+    (an ordinary error response: streaming.primed_stream; the turn is stored either way). Without it (a
+    repeat of the request, by its Idempotency-Key) the same chunks are sent again, the text of a reply whose
+    event log has expired in one piece."""
     base = {
-        "id": f"chatcmpl-{job.reply_id.hex}",
+        "id": f"chatcmpl-{reply.pk.hex}",
         "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": job.model,
+        "created": int(reply.created_at.timestamp()),
+        "model": reply.model,
     }
     started = False
+    sent = ""
     try:
         async with aclosing(generations.reply_events(reply, after=1)) as events:
             async for event in events:
                 if event is None:
                     continue
                 if not started:
-                    if event.name == "error":
+                    if event.name == "error" and generation is not None:
                         try:
                             await generations.generation_outcome(generation)
                         except ApplicationError as exc:
-                            exc.headers = {**exc.headers, "X-Conversation-Id": str(job.conversation.pk)}
+                            exc.headers = {**exc.headers, "X-Conversation-Id": str(generation.job.conversation.pk)}
                             raise
                     started = True
                     role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                     yield _data({**base, "choices": [role]})
                 if event.name == "delta":
+                    sent += event.data["delta"]
                     piece = {"index": 0, "delta": {"content": event.data["delta"]}, "finish_reason": None}
                     yield _data({**base, "choices": [piece]})
                 elif event.name == "completed":
                     stored = event.data["response"]
+                    rest = stored["message"][len(sent) :] if stored["message"].startswith(sent) else ""
+                    if rest:  # the deltas are gone from the log: the stored text
+                        piece = {"index": 0, "delta": {"content": rest}, "finish_reason": None}
+                        yield _data({**base, "choices": [piece]})
                     finish = {"index": 0, "delta": {}, "finish_reason": _finish_reason(stored["finish_details"])}
                     yield _data({**base, "model": stored["model"], "choices": [finish]})
                     if include_usage and stored["usage"] is not None:
@@ -346,8 +355,16 @@ async def stateful_chunks(
                         }
                     )
     finally:
-        if settings.CHATAPI_STOP_ON_DISCONNECT:
+        if generation is not None and settings.CHATAPI_STOP_ON_DISCONNECT:
             generation.stop("interrupted")
+
+
+async def _replay(request: Request, reply_id: uuid.UUID) -> HttpResponseBase:
+    """A repeat of a streamed stateful completion (same Idempotency-Key, same body): its reply's chunks from
+    the start, as the first request got them."""
+    include_usage = validate_request(request.data)[4]
+    reply = await db_work(replayed_reply)(reply_id)
+    return await _event_stream(stateful_chunks(reply, include_usage=include_usage), str(reply.conversation_id))
 
 
 def _internal_error(_chunks_sent: int) -> bytes:
@@ -506,7 +523,7 @@ class ChatCompletionsView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, A
             "answers with the header `X-Conversation-Id`."
         ),
     )
-    @idempotent()
+    @idempotent(replay_stream=_replay)
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         model, messages, params, stream, include_usage = validate_request(request.data)
         key_id = api_key_id(request)
@@ -522,7 +539,9 @@ class ChatCompletionsView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, A
             )
             cid = str(generation.job.conversation.pk)
             if stream:
-                return await _event_stream(stateful_chunks(generation, reply, include_usage=include_usage), cid)
+                mark_reply(request, reply.pk)  # a repeat with its Idempotency-Key gets this reply's chunks
+                content = stateful_chunks(reply, include_usage=include_usage, generation=generation)
+                return await _event_stream(content, cid)
             try:
                 reply = await generations.generation_outcome(generation)
             except ApplicationError as exc:

@@ -34,7 +34,7 @@ from accounts.limits import LimitHeadersMixin, limit_admit
 from accounts.services import api_key_usage_record
 from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import ApplicationError, InvalidRequest, NotFound
-from chatapi.idempotency import idempotent
+from chatapi.idempotency import idempotent, mark_reply, replayed_reply
 from chatapi.ids import parse_uuid
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import event_stream
@@ -814,6 +814,21 @@ STREAM_DESCRIPTION = (
 RESPONSE_ERRORS = {**OPENAI_ERRORS, 404: OpenApiResponse(OpenAIError, description="No such response of the caller's.")}
 
 
+def _response_started(reply: Message, echo: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The response object as its stream's first events show it: in progress, with no output yet."""
+    body = _response_of(reply, echo)
+    body.update(status="in_progress", error=None, incomplete_details=None, output=[], usage=None)
+    return body
+
+
+async def _replay(request: Request, reply_id: uuid.UUID) -> HttpResponseBase:
+    """A repeat of a streamed stored response (same Idempotency-Key, same body): its events from the start."""
+    echo = validate_create(request.data).echo
+    reply = await db_work(replayed_reply)(reply_id)
+    first = await db_work(_response_started)(reply, echo)
+    return _sse_response(response_sse(reply, first, echo=echo))
+
+
 class ResponsesView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_responses_create",
@@ -834,7 +849,7 @@ class ResponsesView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAP
             "is stored."
         ),
     )
-    @idempotent()
+    @idempotent(replay_stream=_replay)
     async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         create = validate_create(request.data)
         key_id = api_key_id(request)
@@ -859,7 +874,9 @@ class ResponsesView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAP
             slot=slot,
         )
         if create.stream:
-            first = await db_work(_response_of)(reply, create.echo)
+            # As OpenAI's response.created shows it (output: []), and as a resumed or repeated stream does.
+            first = await db_work(_response_started)(reply, create.echo)
+            mark_reply(request, reply.pk)  # a repeat with its Idempotency-Key gets this response's events
             return _sse_response(response_sse(reply, first, echo=create.echo, generation=generation))
         if not create.background:
             reply = await generations.generation_outcome(generation)
@@ -935,12 +952,8 @@ class ResponseDetailView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
         if not stream:
             return Response(await db_work(_response_of)(reply))
 
-        def first() -> dict[str, Any]:
-            body = _response_of(reply)
-            body.update(status="in_progress", error=None, incomplete_details=None, output=[], usage=None)
-            return body
-
-        return _sse_response(response_sse(reply, await db_work(first)(), starting_after=starting_after))
+        first = await db_work(_response_started)(reply)
+        return _sse_response(response_sse(reply, first, starting_after=starting_after))
 
     @extend_schema(
         operation_id="openai_responses_delete",

@@ -21,7 +21,7 @@ from accounts.limits import LimitHeadersMixin, limit_admit
 from accounts.models import APIKey
 from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import Conflict, InvalidRequest
-from chatapi.idempotency import idempotent, mark_reply
+from chatapi.idempotency import idempotent, mark_reply, replayed_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
 from conversations import generations, selectors, services, streaming
@@ -127,7 +127,7 @@ async def _reply(
 
 async def _replay(request: Request, reply_id: uuid.UUID) -> HttpResponseBase:
     """A repeat of a streamed ask (same Idempotency-Key): its reply's events from the start."""
-    reply = await db_work(Message.objects.get)(pk=reply_id)
+    reply = await db_work(replayed_reply)(reply_id)
     return streaming.stream_response(streaming.reply_sse(reply, after=0), content_type="text/event-stream")
 
 

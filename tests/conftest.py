@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
+from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -63,6 +64,14 @@ def user(db) -> User:
 @pytest.fixture
 def other_user(db) -> User:
     return user_create(username="bob", email="bob@example.com")
+
+
+@pytest.fixture
+def admin(db) -> Client:
+    """A browser logged in to the Django admin as a superuser."""
+    client = Client()
+    client.force_login(user_create(username="root", email="root@example.com", is_superuser=True))
+    return client
 
 
 @pytest.fixture

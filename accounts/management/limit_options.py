@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from django.core.management.base import CommandParser
 
 from accounts.models import BudgetPeriod
-from accounts.services import Limits
+from accounts.services import MAX_LIMIT, Limits
 
 _NUMBERS = {
     "rpm": "Requests a minute that call the model.",
@@ -18,10 +19,26 @@ _NUMBERS = {
 }
 
 
+def limit_number(raw: str) -> int:
+    """A limit as a flag gives it: a whole number from 0 to MAX_LIMIT, else argparse's one-line error (a bigger
+    one would overflow the column)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if not 0 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{raw} is not between 0 (no limit) and {MAX_LIMIT}")
+    return value
+
+
 def add_limit_arguments(parser: CommandParser, *, defaults: str) -> None:
     for field, help_text in _NUMBERS.items():
         parser.add_argument(
-            f"--{field.replace('_', '-')}", type=int, default=None, metavar="N", help=f"{help_text} 0: none. {defaults}"
+            f"--{field.replace('_', '-')}",
+            type=limit_number,
+            default=None,
+            metavar="N",
+            help=f"{help_text} 0: none. {defaults}",
         )
     parser.add_argument("--budget-period", choices=BudgetPeriod.values, default=None, help="The budget's period.")
 

@@ -8,7 +8,6 @@ import re
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -20,13 +19,6 @@ from conversations.models import Conversation, Message
 pytestmark = pytest.mark.django_db
 
 KEY_RE = re.compile(r"ck_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
-
-
-@pytest.fixture
-def admin(db) -> Client:
-    client = Client()
-    client.force_login(user_create(username="root", email="root@example.com", is_superuser=True))
-    return client
 
 
 def status_with(key: str) -> int:

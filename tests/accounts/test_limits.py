@@ -3,18 +3,20 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
 import pytest
 import requests
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from accounts.models import APIKey
 from accounts.services import api_key_create, api_key_usage_record
 from conversations.models import Conversation, Message
-from tests.live import wait_until
+from tests.live import read_events, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -209,3 +211,85 @@ def test_a_key_made_through_the_api_is_never_looser_than_its_maker(user, live_ur
         "budget_period": "month",
     }
     assert body["tightened"] == ["budget_tokens", "budget_period"]
+
+
+@pytest.mark.parametrize("flag", ["--rpm", "--tpm", "--max-parallel", "--budget-tokens"])
+@pytest.mark.parametrize("command", ["create_api_key", "update_api_key"])
+def test_a_limit_too_big_for_the_database_is_a_clear_command_error(user, command, flag):
+    api_key, _ = api_key_create(user=user, limits={"rpm": 7})
+    target = "alice" if command == "create_api_key" else api_key.prefix
+
+    with pytest.raises(CommandError, match=rf"argument {flag}: {10**30} is not between 0 \(no limit\) and 2147483647"):
+        call_command(command, target, flag, str(10**30))
+    with pytest.raises(CommandError, match=rf"argument {flag}: -1 is not between 0"):
+        call_command(command, target, flag, "-1")
+
+    assert APIKey.objects.count() == 1
+    api_key.refresh_from_db()
+    assert api_key.rpm == 7
+
+
+# --- x-ratelimit-* on every answer -------------------------------------------------------------
+
+RESET = re.compile(r"^(\d+h)?(\d+m)?\d+s$")
+
+
+def test_every_answer_to_a_limited_key_carries_its_ratelimit_headers(user, live_url, backend):
+    _, raw = api_key_create(user=user, limits={"rpm": 5, "tpm": 100_000})
+    session = session_for(raw)
+    client = openai.OpenAI(base_url=f"{live_url}/v1", api_key=raw, max_retries=0)
+    asked = session.post(f"{live_url}/conversations/new", json={"prompt": "one"}, timeout=30).json()["response"]
+    cid, rid = asked["conversation_id"], asked["id"]
+    streamed = session.post(
+        f"{live_url}/conversations/{cid}/ask", json={"prompt": "two", "stream": True}, stream=True, timeout=30
+    )
+    list(read_events(streamed))
+    chunks = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "three"}], stream=True
+    )
+    list(chunks.parse())
+
+    answers: dict[str, Any] = {
+        "streamed ask": streamed,
+        "list": session.get(f"{live_url}/conversations", timeout=30),
+        "detail": session.get(f"{live_url}/conversations/{cid}", timeout=30),
+        "keys": session.get(f"{live_url}/api/keys", timeout=30),
+        "fork": session.post(f"{live_url}/conversations/{cid}/fork", json={}, timeout=30),
+        "a 404": session.get(f"{live_url}/conversations/{uuid.uuid4()}", timeout=30),
+        "a 400": session.post(
+            f"{live_url}/conversations/{cid}/ask", json={"prompt": "x", "parent_id": "no"}, timeout=30
+        ),
+        "resumed stream": session.get(f"{live_url}/conversations/{cid}/messages/{rid}/stream", timeout=30),
+        "models (SDK)": client.models.with_raw_response.list(),
+        "v1 stream (SDK)": chunks,
+    }
+
+    for what, answer in answers.items():
+        headers = {name.lower(): value for name, value in answer.headers.items()}
+        assert set(headers) >= HEADERS, what
+        assert headers["x-ratelimit-limit-requests"] == "5", what
+        assert headers["x-ratelimit-limit-tokens"] == "100000", what
+        assert RESET.match(headers["x-ratelimit-reset-requests"]) and RESET.match(headers["x-ratelimit-reset-tokens"])
+        # Three requests called the model this minute; the others are not counted, only shown.
+        if what != "streamed ask":
+            assert headers["x-ratelimit-remaining-requests"] == "2", what
+    assert answers["streamed ask"].headers["x-ratelimit-remaining-requests"] == "3"
+    assert int(answers["list"].headers["x-ratelimit-remaining-tokens"]) < 100_000  # two replies' tokens counted
+    assert len(backend.requests) == 3
+
+
+def test_an_idempotent_repeat_and_a_budget_only_key_get_the_headers_too(user, live_url, backend):
+    _, raw = api_key_create(user=user, limits={"budget_tokens": 1000, "budget_period": "day"})
+    session = session_for(raw)
+    headers = {"Idempotency-Key": "again"}
+    first = session.post(f"{live_url}/api/ask", json={"content": "x"}, headers=headers, timeout=30)
+    again = session.post(f"{live_url}/api/ask", json={"content": "x"}, headers=headers, timeout=30)
+
+    assert again.headers["Idempotent-Replayed"] == "true"
+    listed = session.get(f"{live_url}/conversations", timeout=30)
+    for answer in (first, again, listed):
+        assert answer.headers["x-ratelimit-limit-tokens"] == "1000"
+        assert RESET.match(answer.headers["x-ratelimit-reset-tokens"])
+        assert "x-ratelimit-limit-requests" not in answer.headers  # no rpm: no requests headers
+    api_key = APIKey.objects.get(lookup_id=raw.split("_")[1])
+    assert int(listed.headers["x-ratelimit-remaining-tokens"]) == 1000 - api_key.budget_used < 1000

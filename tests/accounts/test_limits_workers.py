@@ -128,3 +128,19 @@ def test_failed_admin_keys_are_counted_across_workers(cluster):
         assert refused.status_code == 429
         assert refused.json()["error"].startswith("Too many failed admin_key attempts")
         assert add(url, ADMIN_KEY, "10.8.0.1").status_code == 200
+
+
+def test_any_worker_shows_the_requests_counted_by_the_others(cluster, backend):
+    session = cluster.session("--rpm", "10")
+    if 60 - time.time() % 60 < 5:  # all of it within one minute's window
+        time.sleep(60 - time.time() % 60)
+    for _ in range(3):
+        asked = session.post(f"{cluster.urls[0]}/api/ask", json={"content": "count me"}, timeout=30)
+        assert asked.status_code == 200
+
+    listed = session.get(f"{cluster.urls[1]}/conversations", timeout=30)
+
+    assert listed.status_code == 200
+    assert listed.headers["x-ratelimit-limit-requests"] == "10"
+    assert listed.headers["x-ratelimit-remaining-requests"] == "7"
+    assert asked.headers["x-ratelimit-remaining-requests"] == "7"

@@ -50,6 +50,7 @@ def test_debug_off_with_a_real_secret_key_starts():
         ("CHATAPI_BACKEND_TIMEOUT", "soon", "CHATAPI_BACKEND_TIMEOUT must be a number"),
         ("CHATAPI_BACKEND_MAX_RETRIES", "-1", "CHATAPI_BACKEND_MAX_RETRIES must be at least 0"),
         ("CHATAPI_DEFAULT_MODEL", "not-offered", "is not in CHATAPI_MODELS"),
+        ("CHATAPI_DEFAULT_RPM", str(10**30), "CHATAPI_DEFAULT_RPM must be at most 2147483647"),
     ],
 )
 def test_bad_values_are_errors_not_defaults(name, value, message):
