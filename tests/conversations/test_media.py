@@ -301,3 +301,15 @@ def test_attachments_are_kept_through_the_configured_storage_backend(complete, m
     attachment = Attachment.objects.get()
     assert storages["default"].open(str(attachment.file.name)).read() == response.content == tiny_png()
     assert not stored_files(media_root)  # not on the file system
+
+
+def test_a_file_the_storage_cannot_write_leaves_the_reply_stored_without_it(complete, media, settings, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    settings.MEDIA_ROOT = str(blocked)  # every write under it fails
+    response = complete("show me a picture of a cat")
+    assert response.status_code == 503
+    assert response.json() == {"error": "What the model made could not be stored; try again later."}
+    reply = Message.objects.get(role="assistant")
+    assert reply.status == "failed" and not Attachment.objects.exists()
+    assert Message.objects.filter(role="user", content="show me a picture of a cat").exists()
