@@ -13,6 +13,7 @@ from django.core.files.storage import storages
 
 from accounts.services import api_key_create
 from conversations.models import Attachment, Conversation, Message
+from conversations.tools import speech_cut
 from tests.fake_openai import MP3_FRAME_BYTES, MP3_FRAME_HEADER, silent_mp3, tiny_png
 from tests.live import Event, read_events
 
@@ -253,7 +254,14 @@ def test_deleting_the_message_its_conversation_or_all_deletes_the_files(complete
     assert http.delete(f"{http.base_url}/conversations/{first.conversation_id}").status_code == 204
     assert not stored_files(media_root) and not Attachment.objects.exists()
 
-    make("show me a picture of a dog")
+    dog = make("show me a picture of a dog")
+    response = http.post(
+        f"{http.base_url}/conversations/bulk", json={"ids": [str(dog.conversation_id)], "action": "delete"}
+    )
+    assert response.json() == {"affected": 1}
+    assert not stored_files(media_root)
+
+    make("show me a picture of a bird")
     assert len(stored_files(media_root)) == 1
     assert http.delete(f"{http.base_url}/conversations/all").status_code == 204
     assert not stored_files(media_root)
@@ -313,3 +321,11 @@ def test_a_file_the_storage_cannot_write_leaves_the_reply_stored_without_it(comp
     reply = Message.objects.get(role="assistant")
     assert reply.status == "failed" and not Attachment.objects.exists()
     assert Message.objects.filter(role="user", content="show me a picture of a cat").exists()
+
+
+def test_speech_is_cut_at_the_last_whole_sentence_else_at_a_word():
+    assert speech_cut("Short enough.", 100) == ("Short enough.", False)
+    assert speech_cut("One. Two! Three? Four.", 17) == ("One. Two! Three?", True)
+    assert speech_cut('He said "stop." Then left.', 20) == ('He said "stop."', True)
+    assert speech_cut("no sentence ends anywhere in this text", 20) == ("no sentence ends", True)
+    assert speech_cut("x" * 30, 10) == ("x" * 10, True)
