@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -127,4 +128,18 @@ def env_choice(name: str, default: str, choices: list[str]) -> str:
     value = raw.strip().lower()
     if value not in choices:
         raise SettingError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def env_json_object(name: str) -> dict[str, object]:
+    """A JSON object (`{"bucket_name": "media"}`); empty or unset is `{}`."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SettingError(f"{name} must be a JSON object, got {raw!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise SettingError(f"{name} must be a JSON object, got {raw!r}")
     return value

@@ -13,6 +13,7 @@ from chatapi.env import (
     env_choice,
     env_float,
     env_int,
+    env_json_object,
     env_list,
     env_sizes,
     env_str,
@@ -148,8 +149,16 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# What replies make (images, speech) is kept through Django's storage API: files under MEDIA_ROOT by
+# default, or any storage backend (django-storages' S3, GCS, Azure, …) named by CHATAPI_MEDIA_STORAGE, with
+# the backend's options as a JSON object in CHATAPI_MEDIA_STORAGE_OPTIONS. Files are served only through
+# GET /attachments/{id}, to their owner: MEDIA_URL is not served.
+MEDIA_ROOT = Path(env_str("CHATAPI_MEDIA_ROOT") or BASE_DIR / "media")
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": {
+        "BACKEND": env_str("CHATAPI_MEDIA_STORAGE") or "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": env_json_object("CHATAPI_MEDIA_STORAGE_OPTIONS"),
+    },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 SERVESTATIC_USE_FINDERS = DEBUG
@@ -239,6 +248,17 @@ if CHATAPI_ADMIN_KEY and not DEBUG and len(CHATAPI_ADMIN_KEY) < 16:
 # Failed admin_key attempts a client address may make a minute (across workers with REDIS_URL) before the
 # operator endpoints answer it 429 without looking at the key.
 CHATAPI_ADMIN_MAX_FAILURES = env_int("CHATAPI_ADMIN_MAX_FAILURES", 10, minimum=1)
+
+
+# Images and speech by intent: with an image model and/or a speech model, /api/complete (and the conversation
+# API with CHATAPI_TOOLS_ON_CONVERSATIONS) offers the chat model the tools generate_image and text_to_speech.
+CHATAPI_IMAGE_MODEL = env_str("CHATAPI_IMAGE_MODEL")
+CHATAPI_IMAGE_SIZE = env_str("CHATAPI_IMAGE_SIZE")  # empty: the image model's default
+CHATAPI_TTS_MODEL = env_str("CHATAPI_TTS_MODEL")
+CHATAPI_TTS_VOICE = env_str("CHATAPI_TTS_VOICE") or "alloy"
+# Text to speak longer than this is cut at a sentence boundary (OpenAI's speech models take 4,096 characters).
+CHATAPI_TTS_MAX_CHARS = env_int("CHATAPI_TTS_MAX_CHARS", 4096, minimum=100)
+CHATAPI_TOOLS_ON_CONVERSATIONS = env_bool("CHATAPI_TOOLS_ON_CONVERSATIONS", False)
 
 LOGGING = {
     "version": 1,

@@ -24,7 +24,7 @@ from conversations.responses_api import (
     ResponseInputItemsView,
     ResponsesView,
 )
-from conversations.views import ConversationViewSet, FolderViewSet, ReplyViewSet
+from conversations.views import AttachmentView, ConversationViewSet, FolderViewSet, ReplyViewSet
 
 handler400 = "chatapi.errors.bad_request_view"
 handler404 = "chatapi.errors.not_found_view"
@@ -68,6 +68,7 @@ urlpatterns = [
     api_route(rf"conversations/{CONV}/messages/{MSG}/cancel", replies({"post": "cancel"}), "message-cancel"),
     api_route(rf"conversations/{CONV}/messages/{MSG}", conversations({"delete": "destroy_message"}), "message-detail"),
     api_route(rf"conversations/{CONV}/fork", conversations({"post": "fork"}), "conversation-fork"),
+    api_route(rf"attachments/{ID.format('attachment_id')}", AttachmentView.as_view(), "attachment-detail"),
     api_route("folders", folders({"get": "list", "post": "create"}), "folder-list"),
     api_route(
         rf"folders/{ID.format('folder_id')}",

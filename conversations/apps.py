@@ -24,3 +24,4 @@ class ConversationsConfig(AppConfig):
         # SQLite migrations that rebuild a table drop its triggers (and may renumber the rowids the full-text
         # index refers to): make them again, and rebuild that index, after every migrate.
         post_migrate.connect(_ensure_tree_integrity, sender=self)
+        from conversations import signals  # noqa: F401 (connects the receivers)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -24,7 +24,8 @@ from chatapi.idempotency import idempotent
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT
 from conversations import generations, services, streaming
-from conversations.views import api_key_id
+from conversations.serializers import attachment_url
+from conversations.views import api_key_id, media_responses
 
 
 class CompleteInput(serializers.Serializer):
@@ -118,14 +119,20 @@ class CompleteView(LimitHeadersMixin, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="compat_complete",
         request=CompleteInput,
-        responses={(200, "text/plain"): OpenApiTypes.STR, **COMPAT_ERRORS},
+        responses={
+            (200, "text/plain"): OpenApiTypes.STR,
+            **media_responses("What the model made with a tool (an image, speech) instead of text."),
+            **COMPAT_ERRORS,
+        },
         description=(
             "Streams the reply as `text/plain` (`curl -N` shows it live). Continues the caller's latest "
             "conversation made through this endpoint, or starts one. A backend failure after the reply has "
-            "started is appended as a line `[error: …]`."
+            "started is appended as a line `[error: …]`. When the operator configured an image or speech model, "
+            "the model may call `generate_image` or `text_to_speech`: the answer is then the file (`image/png`, "
+            "`audio/mpeg`, …), also kept as an attachment of the reply (`Content-Location`)."
         ),
     )
-    async def post(self, request: AuthenticatedRequest) -> StreamingHttpResponse:
+    async def post(self, request: AuthenticatedRequest) -> HttpResponseBase:
         serializer = CompleteInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         content = serializer.validated_data["content"]
@@ -134,8 +141,18 @@ class CompleteView(LimitHeadersMixin, ConnectionReleasing, AsyncAPIView):
             lambda: services.complete_prepare(owner=request.user, content=content),
             api_key_id=api_key_id(request),
             slot=slot,
+            offer_tools=True,
         )
         first, rest = await streaming.first_event(reply)
+        if generation.made and first.seq == generation.made_seq:  # the model made a file before any text
+            await rest.aclose()
+            reply = await generations.generation_outcome(generation)
+            attachment = reply.attachments.all()[0]
+            return HttpResponse(
+                generation.made[0].data,
+                content_type=attachment.content_type,
+                headers={"Content-Location": attachment_url(attachment.pk)},
+            )
         if first.name == "error":  # nothing generated: an ordinary error answer, with its status
             await rest.aclose()
             await generations.generation_outcome(generation)

@@ -32,7 +32,7 @@ from accounts.limits import Slot, slots_renew
 from chatapi.db import db_work
 from chatapi.errors import ApplicationError, BackendError, Conflict, NotFound, error_body
 from chatapi.worker import on_worker_start, on_worker_stop
-from conversations import llm, services
+from conversations import llm, services, tools
 from conversations.events import TERMINAL, Event, LogMissing, LogUnavailable, event_log
 from conversations.models import Message
 from conversations.serializers import MessageOutput, ReplyOutput
@@ -77,6 +77,11 @@ class Generation:
 
     started: bool = False  # its task has begun (a task cancelled before that would never run its clean-up)
 
+    # What the model's tool calls made (set before the event that says so is published): /api/complete
+    # answers with the first of them instead of text.
+    made: list[tools.Made] = field(default_factory=list)
+    made_seq: int = 0  # the id of the event that says what was made
+
     def stop(self, ending: str) -> None:
         """Stop generating (the backend request is closed); the text so far is stored as `ending`."""
         if self.task is None or self.task.done() or self.finishing or self.stop_as is not None:
@@ -100,14 +105,21 @@ def running_count() -> int:
 
 
 async def generation_begin(
-    prepare: Callable[[], ReplyJob], *, api_key_id: uuid.UUID | None, slot: Slot | None = None
+    prepare: Callable[[], ReplyJob],
+    *,
+    api_key_id: uuid.UUID | None,
+    slot: Slot | None = None,
+    offer_tools: bool = False,
 ) -> tuple[Generation, Message]:
     """Store the prompt (`prepare`, in the request's thread) and the reply in progress, and start generating
     it: the generation, and the reply as stored in progress. The generation holds `slot` (from
-    accounts.limits.limit_admit) until it ends; if nothing starts, it is released here."""
+    accounts.limits.limit_admit) until it ends; if nothing starts, it is released here. With `offer_tools`
+    the model is offered the configured image and speech tools (conversations.tools)."""
 
     def stored() -> tuple[ReplyJob, Message, dict[str, Any] | None]:
         job = prepare()
+        if offer_tools:
+            services.reply_tools_offer(job=job)
         reply = services.reply_begin(job=job)
         return job, reply, MessageOutput(job.request).data if job.request_is_new else None
 
@@ -187,9 +199,11 @@ async def _run(generation: Generation) -> None:
     usage: llm.Usage | None = None
     model = job.model
     failure: ApplicationError | None = None
+    made: list[tools.Made] = []
     try:
         if generation.stop_as is not None:  # stopped before it began
             raise asyncio.CancelledError
+        calls: tuple[llm.ToolCall, ...] = ()
         async with aclosing(_pieces(job)) as pieces:
             async for item in pieces:
                 if isinstance(item, llm.StreamChunk):
@@ -202,6 +216,13 @@ async def _run(generation: Generation) -> None:
                     assert item.chunk is not None
                     ending = item.chunk.finish_reason or "stop"
                     usage, model = item.chunk.usage, item.chunk.model or job.model
+                    calls = item.chunk.tool_calls
+        if calls and job.tools_offered:  # else they are a /v1 client's own tools: not ours to run
+            try:
+                made = await tools.run(calls)
+            except BackendError as exc:
+                failure = job.backend_failed(exc)
+                ending = "interrupted" if generation.text else "failed"
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None:
@@ -217,9 +238,13 @@ async def _run(generation: Generation) -> None:
         ending = "interrupted" if generation.text else "failed"
         failure = InternalError("Internal server error.")
     generation.finishing = True
-    await _finish(
-        generation, ending=ending, usage=usage, model=model, failure=failure, terminal_seq=generation.last_seq + 1
-    )
+    await _finish(generation, ending=ending, usage=usage, model=model, failure=failure, made=made)
+
+
+class AttachmentNotStored(ApplicationError):
+    status_code = 503
+    type = "server_error"
+    code = "attachment_not_stored"
 
 
 async def _finish(
@@ -229,11 +254,30 @@ async def _finish(
     usage: llm.Usage | None,
     model: str,
     failure: ApplicationError | None,
-    terminal_seq: int,
+    made: list[tools.Made],
 ) -> None:
-    """Store the reply as it ended, then publish its last event and settle its outcome."""
+    """Store the reply as it ended, with what its tools made, then publish its last event and settle its
+    outcome. A file that cannot be written to storage leaves the reply stored without it."""
     job = generation.job
     rid = generation.reply_id
+    attachments = []
+    if made:
+        try:
+            attachments = await db_work(services.attachments_save)(job=job, made=made)
+        except Exception:
+            logger.exception("What the tools of generation %s made could not be written to storage", rid)
+            failure = AttachmentNotStored(
+                "What the model made could not be stored; try again later.", details={"message_id": str(job.request.pk)}
+            )
+            ending = "interrupted" if generation.text else "failed"
+        else:
+            # Said in the reply's text, as a delta like any other: the deltas joined are the stored text.
+            note = tools.reply_note(made, after_text=bool(generation.text))
+            generation.made = made
+            generation.text.append(note)
+            generation.made_seq = generation.last_seq + 1
+            generation.last_seq = (await event_log().publish(rid, "delta", {"id": rid, "delta": note})).seq
+    terminal_seq = generation.last_seq + 1
     try:
         reply = await db_work(services.reply_finish)(
             job=job,
@@ -242,6 +286,7 @@ async def _finish(
             ending=ending,
             usage=usage,
             last_event_id=terminal_seq,
+            attachments=attachments,
         )
     except (NotFound, Conflict) as exc:  # deleted meanwhile, or taken for dead and ended elsewhere
         failure, reply = exc, None
@@ -384,7 +429,7 @@ async def _until_logged(rid: str, wait: float = 1.0) -> None:
 
 
 def _reply_get(reply_id: uuid.UUID) -> Message | None:
-    return Message.objects.filter(pk=reply_id).first()
+    return Message.objects.prefetch_related("attachments").filter(pk=reply_id).first()
 
 
 async def _from_database(reply: Message, rid: str, after: int) -> AsyncGenerator[Event, None]:

@@ -13,6 +13,7 @@ the service only reads a few fields of them or forwards them as they are.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -59,13 +60,23 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function the model called, with its arguments as the JSON text it wrote."""
+
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class StreamChunk:
-    """A piece of a streamed reply: text (`delta`), or the end (`finish_reason`, with usage if known)."""
+    """A piece of a streamed reply: text (`delta`), or the end (`finish_reason`, with usage if known, and the
+    functions the model called, if it was offered tools and called any)."""
 
     delta: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     model: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 ChatMessages = list[dict[str, Any]]
@@ -302,6 +313,10 @@ def translate_error(exc: openai.OpenAIError, *, model: str) -> BackendError:
             return BackendError(
                 f"The model backend does not know the model {model!r}.", code="backend_model_not_found", details=details
             )
+        said = exc.body.get("message") if isinstance(exc.body, dict) else None
+        if 400 <= status < 500 and isinstance(said, str) and said:
+            # The backend refused this request (a model without tool support, say): its words say what to change.
+            return BackendError(f"The model backend refused the request (HTTP {status}): {said}", details=details)
         return BackendError(f"The model backend answered with HTTP {status}.", details=details)
     logger.warning("Unexpected error from the model backend: %r", exc)
     return BackendError("The model backend failed.", details={"backend_message": str(exc)})
@@ -391,6 +406,7 @@ async def stream(
     usage: Usage | None = None
     model_name = model
     text: list[str] = []
+    calls: dict[int, list[str]] = {}  # by index: the name, then the pieces of the arguments
     chunks = chat_completion_chunks(model=model, messages=messages, params=params)
     try:
         async for chunk in chunks:
@@ -399,10 +415,13 @@ async def stream(
             usage = usage_of(chunk) or usage
             choice = first_choice(chunk)
             if choice is not None:
-                piece = _part_text(choice.get("delta"))
+                delta = choice.get("delta")
+                piece = _part_text(delta)
                 if piece:
                     text.append(piece)
                     yield StreamChunk(delta=piece)
+                if isinstance(delta, dict) and delta.get("tool_calls"):
+                    _tool_call_pieces(delta["tool_calls"], calls)
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
     finally:
@@ -411,4 +430,85 @@ async def stream(
         finish_reason="length" if finish_reason == "length" else "stop",
         usage=usage or estimate_usage(messages, "".join(text)),
         model=model_name,
+        tool_calls=tuple(ToolCall(parts[0], "".join(parts[1:])) for _, parts in sorted(calls.items())),
     )
+
+
+def _tool_call_pieces(pieces: Any, calls: dict[int, list[str]]) -> None:
+    """Add a delta's pieces of tool calls to `calls`: the first piece of a call names its function, the
+    following ones carry more of its arguments (OpenAI's streamed `tool_calls`)."""
+    if not isinstance(pieces, list):
+        return
+    for position, piece in enumerate(pieces):
+        if not isinstance(piece, dict):
+            continue
+        index = piece.get("index")
+        function = piece.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        parts = calls.setdefault(index if isinstance(index, int) else position, [""])
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(name, str) and name:
+            parts[0] = name
+        if isinstance(arguments, str):
+            parts.append(arguments)
+
+
+# --- images and speech --------------------------------------------------------------------------
+
+# The GPT image models always answer in base64 and refuse `response_format`; older image models (and the
+# compatible servers that mimic them) answer with a URL unless asked for b64_json.
+_ALWAYS_BASE64 = ("gpt-image", "chatgpt-image")
+
+
+def _refusal(exc: openai.OpenAIError, *, what: str, model: str) -> BackendError:
+    """An images or speech endpoint's error: as translate_error, but a refusal (content policy, unknown model)
+    says the backend's own words, which tell the user what to change."""
+    error = translate_error(exc, model=model)
+    if isinstance(exc, openai.APIStatusError) and type(error) is BackendError:
+        code = exc.code if isinstance(exc.code, str) and exc.code else "backend_refused"
+        said = exc.body.get("message") if isinstance(exc.body, dict) else None
+        error = BackendError(
+            f"The {what} model {model!r} refused the request: {said or exc.message}", code=code, details=error.details
+        )
+    return error
+
+
+async def image_generate(*, prompt: str) -> bytes:
+    """An image of `prompt` from CHATAPI_IMAGE_MODEL, as the bytes of its file (PNG unless the model says
+    otherwise)."""
+    model = settings.CHATAPI_IMAGE_MODEL
+    options: dict[str, Any] = {}
+    if not model.startswith(_ALWAYS_BASE64):
+        options["response_format"] = "b64_json"
+    if settings.CHATAPI_IMAGE_SIZE:
+        options["size"] = settings.CHATAPI_IMAGE_SIZE
+    try:
+        async with _deadline():
+            answer = await async_client().images.generate(model=model, prompt=prompt, n=1, **options)
+    except TimeoutError as exc:
+        raise _timeout_error() from exc
+    except openai.OpenAIError as exc:
+        raise _refusal(exc, what="image", model=model) from exc
+    encoded = answer.data[0].b64_json if answer.data else None
+    if not encoded:
+        raise BackendError("The image model answered without an image (b64_json).", code="backend_empty_response")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise BackendError("The image model's answer is not base64.", code="backend_bad_image") from None
+
+
+async def speech_create(*, text: str) -> bytes:
+    """`text` spoken by CHATAPI_TTS_MODEL with CHATAPI_TTS_VOICE, as MP3."""
+    model = settings.CHATAPI_TTS_MODEL
+    try:
+        async with _deadline():
+            answer = await async_client().audio.speech.create(
+                model=model, voice=settings.CHATAPI_TTS_VOICE, input=text, response_format="mp3"
+            )
+            return answer.content
+    except TimeoutError as exc:
+        raise _timeout_error() from exc
+    except openai.OpenAIError as exc:
+        raise _refusal(exc, what="speech", model=model) from exc

@@ -186,3 +186,29 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+
+class Attachment(models.Model):
+    """What a reply made besides text (an image, speech), kept through Django's storage API.
+
+    Its file's name is made from its own id, never from anything a user sent. Deleting the row (with its
+    message or conversation) deletes the file once the transaction commits (conversations.signals).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # DO_NOTHING: messages are deleted in one statement (a subtree by the service, which deletes their
+    # attachments first; a whole conversation by `conversation`'s cascade), never one by one.
+    message = models.ForeignKey(Message, on_delete=models.DO_NOTHING, related_name="attachments")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="attachments")
+    kind = models.CharField(max_length=16, help_text="The tool that made it: image or speech.")
+    content_type = models.CharField(max_length=100)
+    size = models.PositiveBigIntegerField(help_text="Bytes.")
+    source_text = models.TextField(help_text="The prompt of an image, or the text that was spoken.")
+    file = models.FileField(upload_to="attachments/%Y/%m/", max_length=255)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.message_id}"

@@ -10,14 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet, prefetch_related_objects
 from django.db.models.expressions import RawSQL
 
 from accounts.models import User
 from chatapi.errors import InvalidRequest, NotFound
 from chatapi.ids import parse_uuid
 from conversations import fulltext
-from conversations.models import Conversation, ConversationTag, Folder, Message
+from conversations.models import Attachment, Conversation, ConversationTag, Folder, Message
 
 ORDERINGS = {
     "update_time": "updated_at",
@@ -229,6 +229,21 @@ def message_subtree_ids(*, root: Message) -> list[uuid.UUID]:
 
 def message_list_all(*, conversation: Conversation) -> list[Message]:
     return list(Message.objects.filter(conversation=conversation).order_by("created_at", "id"))
+
+
+def message_attachments_prefetch(*, messages: list[Message]) -> list[Message]:
+    """`messages` with their attachments, in one query for all of them (the message objects list them)."""
+    prefetch_related_objects(messages, "attachments")
+    return messages
+
+
+def attachment_get_for_user(*, user: User, attachment_id: object) -> Attachment:
+    """The user's attachment (of a message of one of their conversations); anything else is a 404."""
+    pk = parse_uuid(attachment_id)
+    attachment = Attachment.objects.filter(pk=pk, conversation__owner=user).first() if pk is not None else None
+    if attachment is None:
+        raise NotFound("Attachment not found.", code="attachment_not_found")
+    return attachment
 
 
 def message_children_map(*, messages: Iterable[Message], complete: bool = False) -> dict[uuid.UUID, list[uuid.UUID]]:

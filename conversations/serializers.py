@@ -170,6 +170,28 @@ class UsageOutput(serializers.Serializer):
 _DATETIME = serializers.DateTimeField()
 
 
+class AttachmentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    content_type = serializers.CharField(help_text="image/png, audio/mpeg, …")
+    size = serializers.IntegerField(help_text="Bytes.")
+    url = serializers.CharField(help_text="Where its owner gets the file: /attachments/{id}.")
+
+
+def attachment_url(attachment_id: object) -> str:
+    return f"/attachments/{attachment_id}"
+
+
+def attachments_of(message: Message) -> list[dict[str, Any]]:
+    """A message's attachments (those its list prefetched; only a reply has any, so a user's or system
+    message costs no query)."""
+    if message.role != Message.Role.ASSISTANT:
+        return []
+    return [
+        {"id": str(a.pk), "content_type": a.content_type, "size": a.size, "url": attachment_url(a.pk)}
+        for a in message.attachments.all()
+    ]
+
+
 class MessageOutput(serializers.Serializer):
     """A message; `context["children"]` maps message ids to their children's ids.
 
@@ -194,6 +216,7 @@ class MessageOutput(serializers.Serializer):
     citations = serializers.SerializerMethodField()
     create_time = serializers.DateTimeField(source="created_at")
     usage = serializers.SerializerMethodField()
+    attachments = serializers.SerializerMethodField()
 
     def to_representation(self, message: Message) -> dict[str, Any]:
         return {
@@ -211,6 +234,7 @@ class MessageOutput(serializers.Serializer):
             "citations": [],
             "create_time": _DATETIME.to_representation(message.created_at),
             "usage": self.get_usage(message),
+            "attachments": attachments_of(message),
         }
 
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
@@ -238,6 +262,10 @@ class MessageOutput(serializers.Serializer):
     @extend_schema_field(serializers.ListField(child=serializers.DictField()))
     def get_citations(self, message: Message) -> list[Any]:
         return []
+
+    @extend_schema_field(AttachmentOutput(many=True))
+    def get_attachments(self, message: Message) -> list[dict[str, Any]]:
+        return attachments_of(message)
 
     @extend_schema_field(UsageOutput(allow_null=True))
     def get_usage(self, message: Message) -> dict[str, int] | None:

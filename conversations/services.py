@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import api_key_usage_record
 from chatapi.errors import ApplicationError, BackendError, Conflict, InvalidRequest, NotFound
-from conversations import llm
-from conversations.models import Conversation, ConversationTag, Folder, Message
+from conversations import llm, tools
+from conversations.models import Attachment, Conversation, ConversationTag, Folder, Message
 from conversations.selectors import (
     conversation_get_for_user,
     conversation_latest_for_origin,
@@ -27,6 +30,8 @@ from conversations.selectors import (
     message_path_or_400,
     message_subtree_ids,
 )
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
 
@@ -205,6 +210,7 @@ class ReplyJob:
     params: dict[str, Any] = field(default_factory=dict)  # sampling parameters, sent to the backend as they are
     api_key_id: uuid.UUID | None = None  # the key the usage is counted against
     left_out: int = 0  # earlier messages of the branch that did not fit in the model's context
+    tools_offered: bool = False  # the model is offered generate_image / text_to_speech (conversations.tools)
 
     @property
     def context_info(self) -> dict[str, int]:
@@ -216,6 +222,61 @@ class ReplyJob:
         """`exc` with the ids a client needs to retry (the stored prompt can be regenerated)."""
         exc.details = {**exc.details, "message_id": str(self.request.pk), "conversation_id": str(self.conversation.pk)}
         return exc
+
+
+def reply_tools_offer(*, job: ReplyJob) -> None:
+    """Offer the model the tools the operator configured (CHATAPI_IMAGE_MODEL, CHATAPI_TTS_MODEL); with none,
+    nothing changes."""
+    definitions = tools.definitions()
+    if definitions:
+        job.params = {**job.params, "tools": definitions}
+        job.tools_offered = True
+
+
+def attachments_save(*, job: ReplyJob, made: list[tools.Made]) -> list[Attachment]:
+    """Write what the reply's tools made to storage (Django's storage API), as attachments of the reply not
+    yet stored: reply_finish stores them with it, or deletes their files. Each file is named from its
+    attachment's own id. If one cannot be written, those already written are deleted."""
+    attachments: list[Attachment] = []
+    now = timezone.now()
+    try:
+        for n, item in enumerate(made):
+            attachment = Attachment(
+                created_at=now + timedelta(microseconds=n),  # keeps them in the order they were made
+                message_id=job.reply_id,
+                conversation=job.conversation,
+                kind=item.kind,
+                content_type=item.content_type,
+                size=len(item.data),
+                source_text=item.source_text,
+            )
+            extension = ATTACHMENT_EXTENSIONS.get(item.content_type, "")
+            attachment.file.save(f"{attachment.pk}{extension}", ContentFile(item.data), save=False)
+            attachments.append(attachment)
+    except BaseException:
+        attachment_files_delete(names=[attachment.file.name or "" for attachment in attachments])
+        raise
+    return attachments
+
+
+ATTACHMENT_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "audio/mpeg": ".mp3",
+}
+
+
+def attachment_files_delete(*, names: Iterable[str]) -> None:
+    """Delete attachment files from storage; one that cannot be deleted is logged, not raised (its row is
+    already gone)."""
+    storage = Attachment._meta.get_field("file").storage
+    for name in filter(None, names):
+        try:
+            storage.delete(name)
+        except Exception:
+            logger.exception("The attachment file %s could not be deleted", name)
 
 
 def _lock(conversation: Conversation) -> None:
@@ -279,11 +340,39 @@ def reply_finish(
     ending: str,
     usage: llm.Usage | None,
     last_event_id: int | None,
+    attachments: list[Attachment] | None = None,
 ) -> Message:
-    """Store how the reply ended (`ending`: a key of ENDINGS) with its text, and count its usage. A reply
-    that failed before any text gives `current_node` back to the prompt. Usage the backend did not report
-    is estimated. A reply that is no longer in progress (its worker was taken for dead meanwhile) or that
-    was deleted is left as it is: Conflict (NotFound when the whole conversation was deleted)."""
+    """Store how the reply ended (`ending`: a key of ENDINGS) with its text and `attachments` (from
+    attachments_save), and count its usage. A reply that failed before any text gives `current_node` back
+    to the prompt. Usage the backend did not report is estimated. A reply that is no longer in progress (its
+    worker was taken for dead meanwhile) or that was deleted is left as it is, and the attachments' files
+    are deleted: Conflict (NotFound when the whole conversation was deleted)."""
+    attachments = attachments or []
+    try:
+        return _reply_store(
+            job=job,
+            content=content,
+            model=model,
+            ending=ending,
+            usage=usage,
+            last_event_id=last_event_id,
+            attachments=attachments,
+        )
+    except BaseException:
+        attachment_files_delete(names=[attachment.file.name or "" for attachment in attachments])
+        raise
+
+
+def _reply_store(
+    *,
+    job: ReplyJob,
+    content: str,
+    model: str,
+    ending: str,
+    usage: llm.Usage | None,
+    last_event_id: int | None,
+    attachments: list[Attachment],
+) -> Message:
     status, finish = ENDINGS[ending]
     if usage is None and status != Message.Status.FAILED:
         usage = llm.estimate_usage(job.context, content)
@@ -314,6 +403,7 @@ def reply_finish(
                 api_key_id=job.api_key_id, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
             )
         if stored:
+            Attachment.objects.bulk_create(attachments)
             fields = ["updated_at"]
             conversation.updated_at = now
             if status == Message.Status.FAILED and conversation.current_node_id == job.reply_id:
@@ -327,7 +417,7 @@ def reply_finish(
             "The reply was deleted, or ended elsewhere, while it was generated; it was not stored.",
             code="concurrent_change",
         )
-    return Message.objects.get(pk=job.reply_id)
+    return Message.objects.prefetch_related("attachments").get(pk=job.reply_id)
 
 
 def replies_keep(*, texts: dict[uuid.UUID, str]) -> None:
@@ -729,6 +819,8 @@ def message_delete(*, conversation: Conversation, message: Message) -> int:
         if conversation.current_node_id in set(ids):
             conversation.current_node_id = message.parent_id
             conversation.save(update_fields=["current_node"])
+        # Their files go once this commits (conversations.signals).
+        Attachment.objects.filter(message_id__in=ids).delete()
         Message.objects.filter(pk__in=ids).delete()
     return len(ids)
 

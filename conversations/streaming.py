@@ -82,6 +82,9 @@ async def reply_text(
                         yield f"\n[error: {event.data['error']['message']}]\n".encode()
                         return
                     elif event.name == "completed":
+                        # What a tool made after some text could not be the answer: its address ends the text.
+                        for attachment in event.data["response"].get("attachments", []):
+                            yield f"\n[{attachment['content_type']}: {attachment['url']}]\n".encode()
                         return
                 try:
                     event = await anext(rest)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from adrf.viewsets import ViewSet as AsyncViewSet
-from django.http import HttpResponseBase
+from django.conf import settings
+from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -25,7 +27,7 @@ from chatapi.idempotency import idempotent, mark_reply, replayed_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
 from conversations import generations, selectors, services, streaming
-from conversations.models import Conversation, Folder, Message
+from conversations.models import Attachment, Conversation, Folder, Message
 from conversations.serializers import (
     AskInput,
     AskOutput,
@@ -113,7 +115,10 @@ async def _reply(
     stream = _wants_stream(request, data)
     slot = await limit_admit(request)  # a refused request (429) stores nothing and calls nothing
     generation, reply = await generations.generation_begin(
-        lambda: prepare(**kwargs, **data), api_key_id=api_key_id(request), slot=slot
+        lambda: prepare(**kwargs, **data),
+        api_key_id=api_key_id(request),
+        slot=slot,
+        offer_tools=settings.CHATAPI_TOOLS_ON_CONVERSATIONS,
     )
     if not stream:
         reply = await generations.generation_outcome(generation)
@@ -166,7 +171,7 @@ def _paged(request: Request, response: Response, total: int, limit: int, offset:
 
 
 def _conversation_detail(conversation: Conversation) -> dict[str, Any]:
-    messages = selectors.message_list_all(conversation=conversation)
+    messages = selectors.message_attachments_prefetch(messages=selectors.message_list_all(conversation=conversation))
     children = selectors.message_children_map(messages=messages, complete=True)
     return ConversationOutput(conversation, context={"messages": messages, "children": children}).data
 
@@ -318,6 +323,7 @@ class ConversationViewSet(viewsets.ViewSet):
             else:
                 messages = selectors.message_path_get(conversation=conversation, leaf_id=conversation.current_node_id)
             children = selectors.message_children_map(messages=messages)
+        selectors.message_attachments_prefetch(messages=messages)
         return Response(MessageOutput(messages, many=True, context={"children": children}).data)
 
     @extend_schema(
@@ -506,3 +512,56 @@ class ReplyViewSet(LimitHeadersMixin, ConnectionReleasing, AsyncViewSet):
             raise Conflict(f"The reply is not in progress (it is {reply.status}).", code="not_in_progress")
         await generations.generation_cancel(reply)
         return Response(await db_work(_message_with_children)(reply))
+
+
+# The types an attachment may have, each served as it is.
+MEDIA_TYPES = ["image/png", "image/jpeg", "image/webp", "image/gif", "audio/mpeg"]
+ATTACHMENT_CHUNK = 64 * 1024
+
+
+def media_responses(description: str) -> dict[Any, Any]:
+    """An answer of a file made by a reply, in each of the types it may have (OpenAPI)."""
+    return {(200, kind): OpenApiResponse(OpenApiTypes.BINARY, description=description) for kind in MEDIA_TYPES}
+
+
+async def _file_chunks(name: str) -> AsyncIterator[bytes]:
+    """A stored file's bytes piece by piece, read in a thread (storage backends are synchronous): a large file
+    is never held whole, and the event loop never waits on a read."""
+    storage = Attachment._meta.get_field("file").storage
+    file = await asyncio.to_thread(storage.open, name, "rb")
+    try:
+        while chunk := await asyncio.to_thread(file.read, ATTACHMENT_CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(file.close)
+
+
+def attachment_response(attachment: Attachment) -> StreamingHttpResponse:
+    extension = services.ATTACHMENT_EXTENSIONS.get(attachment.content_type, "")
+    return StreamingHttpResponse(
+        _file_chunks(attachment.file.name or ""),
+        content_type=attachment.content_type,
+        headers={
+            "Content-Length": str(attachment.size),
+            "Content-Disposition": f'inline; filename="{attachment.pk}{extension}"',
+            "Cache-Control": "private, max-age=86400, immutable",  # an attachment never changes
+        },
+    )
+
+
+class AttachmentView(APIView):
+    """`GET /attachments/{id}`: a file a reply made, to its owner only."""
+
+    content_negotiation_class = StreamFriendlyNegotiation  # `Accept: image/*` is no 406
+
+    @extend_schema(
+        operation_id="attachments_retrieve",
+        parameters=[OpenApiParameter("attachment_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={**media_responses("The file, streamed, in its own type."), **ERROR_RESPONSES},
+        description=(
+            "A file a reply made (an image, speech), as listed in its message's `attachments`: to the owner of its "
+            "conversation only (`404` for anyone else)."
+        ),
+    )
+    def get(self, request: AuthenticatedRequest, attachment_id: str) -> HttpResponseBase:
+        return attachment_response(selectors.attachment_get_for_user(user=request.user, attachment_id=attachment_id))

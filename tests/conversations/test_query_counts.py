@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from conversations.models import Conversation, Message
+from conversations.models import Attachment, Conversation, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -110,3 +110,26 @@ def test_listing_conversations_costs_a_constant_number_of_queries(api, user):
     many = count_queries(lambda: api.get("/conversations", {"limit": 50}))
     assert few == many
     assert len(api.get("/conversations", {"limit": 50}).json()) == 50
+
+
+def test_messages_with_attachments_cost_the_same_queries_as_without(api, user):
+    plain, illustrated = thread(user, 200), thread(user, 200)
+    Attachment.objects.bulk_create(
+        Attachment(
+            message=message,
+            conversation=illustrated,
+            kind="image",
+            content_type="image/png",
+            size=10,
+            source_text="a cat",
+            file=f"attachments/{message.pk}.png",
+        )
+        for message in illustrated.messages.filter(role=Message.Role.ASSISTANT)
+    )
+    api.get("/conversations")
+    for path in ("", "/messages", "/messages?all=true"):
+        assert count_queries(lambda p=path: api.get(f"/conversations/{plain.pk}{p}")) == count_queries(
+            lambda p=path: api.get(f"/conversations/{illustrated.pk}{p}")
+        )
+    messages = api.get(f"/conversations/{illustrated.pk}/messages").json()
+    assert sum(len(m["attachments"]) for m in messages) == 100

@@ -59,8 +59,18 @@ def test_chat_completions_are_documented_as_json_or_as_an_event_stream(schema):
     assert "409" in schema["paths"]["/api/ask"]["post"]["responses"]
 
 
-def test_complete_is_documented_as_streamed_plain_text(schema):
-    assert set(response_content(schema, "/api/complete", 200)) == {"text/plain"}
+def test_complete_is_documented_as_streamed_plain_text_or_the_file_a_tool_made(schema):
+    content = response_content(schema, "/api/complete", 200)
+    assert set(content) == {"text/plain", "image/png", "image/jpeg", "image/webp", "image/gif", "audio/mpeg"}
+    assert content["image/png"]["schema"] == {"type": "string", "format": "binary"}
+
+
+def test_attachments_are_documented_as_files(schema):
+    responses = schema["paths"]["/attachments/{attachment_id}"]["get"]["responses"]
+    assert {"image/png", "audio/mpeg"} <= set(responses["200"]["content"])
+    assert "404" in responses
+    message = schema["components"]["schemas"]["MessageOutput"]["properties"]
+    assert message["attachments"]["items"] == {"$ref": "#/components/schemas/AttachmentOutput"}
 
 
 def _empty_text_is_refused(api, path: str, field: str, body: dict) -> None:

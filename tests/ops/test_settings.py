@@ -51,6 +51,10 @@ def test_debug_off_with_a_real_secret_key_starts():
         ("CHATAPI_BACKEND_MAX_RETRIES", "-1", "CHATAPI_BACKEND_MAX_RETRIES must be at least 0"),
         ("CHATAPI_DEFAULT_MODEL", "not-offered", "is not in CHATAPI_MODELS"),
         ("CHATAPI_DEFAULT_RPM", str(10**30), "CHATAPI_DEFAULT_RPM must be at most 2147483647"),
+        ("CHATAPI_MEDIA_STORAGE_OPTIONS", "bucket=media", "CHATAPI_MEDIA_STORAGE_OPTIONS must be a JSON object"),
+        ("CHATAPI_MEDIA_STORAGE_OPTIONS", '["media"]', "CHATAPI_MEDIA_STORAGE_OPTIONS must be a JSON object"),
+        ("CHATAPI_TOOLS_ON_CONVERSATIONS", "sometimes", "CHATAPI_TOOLS_ON_CONVERSATIONS must be a boolean"),
+        ("CHATAPI_TTS_MAX_CHARS", "10", "CHATAPI_TTS_MAX_CHARS must be at least 100"),
     ],
 )
 def test_bad_values_are_errors_not_defaults(name, value, message):
