@@ -323,7 +323,10 @@ def reply_finish(
             fields = ["updated_at"]
             conversation.updated_at = now
             if status == Message.Status.FAILED and conversation.current_node_id == job.reply_id:
-                conversation.current_node_id = job.request.pk
+                # Back to the reply's parent as it is now: the prompt may have been taken out meanwhile
+                # (message_remove), its place given to the message above it.
+                parent = Message.objects.filter(pk=job.reply_id).values_list("parent_id", flat=True)
+                conversation.current_node_id = parent.first()
                 fields.append("current_node")
             conversation.save(update_fields=fields)
     if deleted is not None:

@@ -216,6 +216,26 @@ def test_deleting_a_reply_being_generated_stops_it_first(sdk, backend):
     assert wait_until(lambda: not Message.objects.filter(status="in_progress").exists())
 
 
+def test_a_prompt_taken_out_under_its_reply_leaves_the_reply_a_valid_place_to_end(sdk, http, backend):
+    conversation = sdk.conversations.create(items=_items("a"))
+    backend.hold()
+    response = sdk.responses.create(model="test-model", input="go", conversation=conversation.id, background=True)
+    assert wait_until(lambda: backend.waiting == 1)
+    prompt = sdk.conversations.items.list(conversation.id).data[1]
+    assert prompt.content[0].text == "go"
+
+    sdk.conversations.items.delete(prompt.id, conversation_id=conversation.id)  # the reply moves up under "a"
+    backend.fail(500)
+    backend.release()
+
+    assert wait_until(lambda: sdk.responses.retrieve(response.id).status == "failed")
+    # A reply that failed gives the current node back to its parent: "a" now, not the prompt taken out.
+    detail = http.get(f"{http.base_url}/conversations/{_uuid(conversation.id)}", timeout=10).json()
+    a = Message.objects.get(content="a")
+    assert detail["current_node"] == str(a.pk)
+    assert _texts(sdk.conversations.items.list(conversation.id)) == ["a"]
+
+
 def test_another_users_conversation_and_items_are_not_found(sdk, other_sdk, backend):
     mine = sdk.conversations.create(items=_items("mine"), metadata={"k": "v"})
     item = sdk.conversations.items.list(mine.id).data[0]
