@@ -71,13 +71,21 @@ def _item_of(request: AuthenticatedRequest, cid: str, iid: str) -> tuple[Convers
 # --- schemas (the views validate by hand, with OpenAI's error messages) --------------------------
 
 
-@extend_schema_field({"type": "array", "items": MESSAGE_ITEM_SCHEMA, "maxItems": MAX_ITEMS, "nullable": True})
+ITEMS_SCHEMA = {"type": "array", "items": MESSAGE_ITEM_SCHEMA, "maxItems": MAX_ITEMS}
+
+
+@extend_schema_field({**ITEMS_SCHEMA, "nullable": True})
+class FirstItemsField(serializers.JSONField):
+    """`items` of a new conversation: none, or message items with text content."""
+
+
+@extend_schema_field({**ITEMS_SCHEMA, "minItems": 1})
 class ItemsField(serializers.JSONField):
-    """`items`: message items with text content."""
+    """`items` to add: message items with text content."""
 
 
 class OpenAIConversationCreateRequest(serializers.Serializer):
-    items = ItemsField(required=False, help_text="Up to 20 message items: the conversation's first branch.")
+    items = FirstItemsField(required=False, help_text="Up to 20 message items: the conversation's first branch.")
     metadata = MetadataField(required=False)
 
 
