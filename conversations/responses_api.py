@@ -841,6 +841,10 @@ class ResponsesView(LimitHeadersMixin, OpenAIView, ConnectionReleasing, AsyncAPI
             (200, "text/event-stream"): event_stream(STREAM_EVENTS, description=STREAM_DESCRIPTION),
             **OPENAI_ERRORS,
             404: OpenApiResponse(OpenAIError, description="Unknown model, previous response or conversation."),
+            409: OpenApiResponse(
+                OpenAIError,
+                description="The reply the input would follow is still being generated (`reply_in_progress`).",
+            ),
         },
         description=(
             "OpenAI's Responses API. Stored (default): the instructions and input join the tree after "

@@ -430,13 +430,12 @@ def _message_at(conversation: Conversation, message_id: object, *, param: str | 
     return message_get_in_conversation(conversation=conversation, message_id=message_id, param=param)
 
 
-def _check_not_in_progress(parent: Message | None) -> None:
+def _check_not_in_progress(parent: Message | None, *, instead: str = "") -> None:
     if parent is not None and parent.status == Message.Status.IN_PROGRESS:
         # Asking on top of a reply still being written would send the model half an answer (a client
         # retrying a request it gave up on does exactly that).
         raise Conflict(
-            "The reply this would follow is still being generated: wait for it, cancel it, or ask from an "
-            "earlier message (parent_id).",
+            f"The reply this would follow is still being generated: wait for it or cancel it{instead}.",
             code="reply_in_progress",
             details={"message_id": str(parent.pk)},
         )
@@ -465,7 +464,7 @@ def conversation_ask_prepare(
             parent = _message_at(conversation, parent_id, param="parent_id")
         else:
             parent = _message_at(conversation, conversation.current_node_id)
-        _check_not_in_progress(parent)
+        _check_not_in_progress(parent, instead=", or ask from an earlier message (parent_id)")
         now = timezone.now()
         request = Message(
             conversation=conversation,
@@ -651,6 +650,7 @@ def responses_turn_prepare(
         else:
             conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.OPENAI)
             parent = None
+        _check_not_in_progress(parent)
         added = _turn_append(conversation, parent, turn)
         if not conversation.title:
             conversation.title = title_from_prompt(turn[-1].text)

@@ -205,9 +205,15 @@ def test_deleting_a_reply_being_generated_stops_it_first(sdk, backend):
     response = sdk.responses.create(model="test-model", input="go", conversation=conversation.id, background=True)
     assert response.status == "in_progress"
     # Nothing may be added on top of a reply still being written.
-    with pytest.raises(openai.ConflictError) as conflict:
-        sdk.conversations.items.create(conversation.id, items=_items("too soon"))
-    assert conflict.value.code == "reply_in_progress"
+    for too_soon in (
+        lambda: sdk.conversations.items.create(conversation.id, items=_items("too soon")),
+        lambda: sdk.responses.create(model="test-model", input="too soon", conversation=conversation.id),
+        lambda: sdk.responses.create(model="test-model", input="too soon", previous_response_id=response.id),
+    ):
+        with pytest.raises(openai.ConflictError) as conflict:
+            too_soon()
+        assert conflict.value.code == "reply_in_progress"
+    assert not Message.objects.filter(content="too soon").exists()
 
     sdk.conversations.items.delete(response.output[0].id, conversation_id=conversation.id)
     backend.release()
