@@ -302,9 +302,29 @@ class Client:
             await response.read()
             return time.perf_counter() - started, response.status == 200
 
-    async def direct(self, stream: bool = False) -> tuple[float, bool]:
+    async def responses(self, stream: bool, previous: str | None) -> tuple[float, bool, str]:
+        """A stored `/v1/responses` turn (the instant model, as a persisted reply), after `previous` if given:
+        its time, whether it completed, and its id."""
         started = time.perf_counter()
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
+        body: dict[str, Any] = {"model": INSTANT, "input": "hello", "stream": stream}
+        if previous:
+            body["previous_response_id"] = previous
+        async with self.session.post(f"{self.url}/v1/responses", json=body, headers=self.auth) as response:
+            if not stream:
+                answer = await response.json()
+                ok = response.status == 200 and answer.get("status") == "completed"
+                return time.perf_counter() - started, ok, answer.get("id", "")
+            rid, completed = "", False
+            async for line in response.content:
+                if not rid and line.startswith(b"data: "):
+                    rid = json.loads(line[6:])["response"]["id"]  # response.created's
+                elif line.startswith(b"event: response.completed"):
+                    completed = True
+            return time.perf_counter() - started, response.status == 200 and completed, rid
+
+    async def direct(self, stream: bool = False, model: str = MODEL) -> tuple[float, bool]:
+        started = time.perf_counter()
+        body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "stream": stream}
         async with self.session.post(f"{self.stack.backend_url}/v1/chat/completions", json=body) as response:
             await response.read()
             return time.perf_counter() - started, response.status == 200
@@ -505,6 +525,59 @@ async def scenario_v1(client: Client, n: int) -> dict[str, Any]:
     latencies, errors, wall = await run_fixed(16, 400 if n <= 100 else 2000, lambda i: client.v1(False))
     out["c16_req_per_s"] = len(latencies) / wall
     out["c16_errors"] = errors
+    return out
+
+
+# Chained turns a thread takes before a new one starts: both paths keep the same depth, turn for turn.
+CHAIN = 20
+
+
+async def scenario_responses(client: Client, n: int) -> dict[str, Any]:
+    """A stored, chained `/v1/responses` turn (`previous_response_id`) next to the same turn through
+    `/v1/chat/completions` with `X-Conversation-Id`, streamed and not, and the backend asked directly. Blocks of
+    ten of each, in turn, so that all see the same machine; the service's CPU is taken per block. Issue 13's
+    bar: the Responses overhead over the backend within 20 % of the chat completions one."""
+    out: dict[str, Any] = {}
+    for stream in (False, True):
+        out.update(await _responses_vs_chat(client, n, stream))
+    return out
+
+
+async def _responses_vs_chat(client: Client, n: int, stream: bool) -> dict[str, Any]:
+    thread = {"previous": "", "conversation": ""}
+
+    async def responses_turn() -> float:
+        latency, ok, thread["previous"] = await client.responses(stream, thread["previous"])
+        assert ok, "a /v1/responses turn failed"
+        return latency
+
+    async def chat_turn() -> float:
+        latency, ok = await client.v1(stream, thread["conversation"])
+        assert ok, "a stateful /v1/chat/completions turn failed"
+        return latency
+
+    latencies: dict[str, list[float]] = {"responses": [], "chat": [], "direct": []}
+    cpu = {"responses": 0.0, "chat": 0.0}
+    for block in range(1 + max(1, n // 10)):  # the first block warms up
+        if block * 10 % CHAIN == 0:  # a new thread on each path: both keep the same depth
+            thread["previous"], (thread["conversation"], _) = "", await client.new_conversation()
+        for path, turn in (("responses", responses_turn), ("chat", chat_turn)):
+            before = client.service.cpu_seconds()
+            times = [await turn() for _ in range(10)]
+            if block:
+                latencies[path].extend(times)
+                cpu[path] += client.service.cpu_seconds() - before
+        times = [(await client.direct(stream, INSTANT))[0] for _ in range(10)]
+        latencies["direct"].extend(times if block else [])
+    name = "stream" if stream else "non_stream"
+    direct = pct(latencies["direct"], 50)
+    out: dict[str, Any] = {f"{name}_direct_p50_ms": direct * 1000}
+    for path in ("responses", "chat"):
+        out[f"{name}_{path}_p50_ms"] = pct(latencies[path], 50) * 1000
+        out[f"{name}_{path}_overhead_p50_ms"] = (pct(latencies[path], 50) - direct) * 1000
+        out[f"{name}_{path}_cpu_ms_per_request"] = cpu[path] / len(latencies[path]) * 1000
+    out[f"{name}_overhead_ratio"] = out[f"{name}_responses_overhead_p50_ms"] / out[f"{name}_chat_overhead_p50_ms"]
+    out[f"{name}_cpu_ratio"] = out[f"{name}_responses_cpu_ms_per_request"] / out[f"{name}_chat_cpu_ms_per_request"]
     return out
 
 
@@ -780,6 +853,9 @@ async def measure(stack: Stack, service: Service, args: argparse.Namespace) -> d
         if wanted("v1"):
             print("… /v1/chat/completions (stateless, stream and not; one stateful)", flush=True)
             results["v1"] = await scenario_v1(client, n)
+        if wanted("responses"):
+            print("… /v1/responses chained, next to /v1/chat/completions with X-Conversation-Id", flush=True)
+            results["responses"] = await scenario_responses(client, n)
         results["throughput"] = []
         for concurrency in (16, 64) if wanted("throughput") else ():
             print(f"… throughput at concurrency {concurrency}", flush=True)
@@ -877,6 +953,18 @@ def report(results: dict[str, Any]) -> str:
                 f"{v['stateful_p50_ms']:.2f} ms in one growing to 200 messages",
             )
         )
+    if "responses" in results:
+        r = results["responses"]
+        for name, label in (("non_stream", ""), ("stream", " stream")):
+            rows.append(
+                (
+                    f"/v1/responses{label} vs chat, c=1",
+                    f"overhead p50 {r[f'{name}_responses_overhead_p50_ms']:.2f} ms vs "
+                    f"{r[f'{name}_chat_overhead_p50_ms']:.2f} ms (x{r[f'{name}_overhead_ratio']:.2f}); service CPU "
+                    f"{r[f'{name}_responses_cpu_ms_per_request']:.2f} vs {r[f'{name}_chat_cpu_ms_per_request']:.2f} ms "
+                    f"a request (x{r[f'{name}_cpu_ratio']:.2f}); direct p50 {r[f'{name}_direct_p50_ms']:.2f} ms",
+                )
+            )
     for t in results["throughput"]:
         rows.append(
             (
@@ -947,7 +1035,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["overhead", "limits", "v1", "throughput", "ttfb", "streams", "resume", "soak", "queries"],
+        choices=["overhead", "limits", "v1", "responses", "throughput", "ttfb", "streams", "resume", "soak", "queries"],
         help="run only these scenarios",
     )
     parser.add_argument(

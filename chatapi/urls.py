@@ -17,6 +17,12 @@ from accounts.views import APIKeyViewSet, OperatorUserAddView, OperatorUserDelet
 from chatapi.errors import not_found_view
 from chatapi.health import healthz, readyz
 from conversations.compat import AskView, CompleteView
+from conversations.conversations_api import (
+    ConversationDetailView,
+    ConversationItemDetailView,
+    ConversationItemsView,
+    ConversationsView,
+)
 from conversations.openai_api import ChatCompletionsView, ModelDetailView, ModelListView
 from conversations.responses_api import (
     ResponseCancelView,
@@ -85,6 +91,14 @@ urlpatterns = [
     api_route(rf"v1/responses/{RESP}", ResponseDetailView.as_view(), "openai-response"),
     api_route(rf"v1/responses/{RESP}/cancel", ResponseCancelView.as_view(), "openai-response-cancel"),
     api_route(rf"v1/responses/{RESP}/input_items", ResponseInputItemsView.as_view(), "openai-response-input-items"),
+    api_route("v1/conversations", ConversationsView.as_view(), "openai-conversations"),
+    api_route(rf"v1/conversations/{CONV}", ConversationDetailView.as_view(), "openai-conversation"),
+    api_route(rf"v1/conversations/{CONV}/items", ConversationItemsView.as_view(), "openai-conversation-items"),
+    api_route(
+        rf"v1/conversations/{CONV}/items/{ID.format('item_id')}",
+        ConversationItemDetailView.as_view(),
+        "openai-conversation-item",
+    ),
     api_route(r"v1/models/(?P<model>.+?)", ModelDetailView.as_view(), "openai-model"),  # ids may hold "/"
     api_route("healthz", healthz, "healthz"),
     api_route("readyz", readyz, "readyz"),

@@ -60,7 +60,7 @@ def conversation_id(pk: uuid.UUID) -> str:
     return f"conv_{pk.hex}"
 
 
-def _parse(value: object, prefix: str) -> uuid.UUID | None:
+def parse_id(value: object, prefix: str) -> uuid.UUID | None:
     """`<prefix><hex>` (or a bare UUID, as `/conversations` gives it) as a UUID; None if it is neither."""
     if isinstance(value, str) and value.startswith(prefix):
         value = value[len(prefix) :]
@@ -120,29 +120,32 @@ def _content_text(content: Any, param: str) -> str:
     return "".join(texts)
 
 
-def _turn(value: Any) -> list[TurnInput]:
-    """`input`: a string, or a list of message items with text content."""
-    if isinstance(value, str):
-        return [TurnInput("user", _text(value, "input"))]
+def items_parse(value: Any, *, param: str = "input", most: int | None = None) -> list[TurnInput]:
+    """Items sent to the Responses or Conversations API (`input`, `items`): message items with text content
+    (or, for `input`, a string: one user message). Any other item or content type is a 400 naming it."""
+    if isinstance(value, str) and param == "input":
+        return [TurnInput("user", _text(value, param))]
     if not isinstance(value, list) or not value:
-        raise InvalidRequest("input must be a string or a non-empty array of items.", param="input")
+        kind = "a string or a non-empty array of items" if param == "input" else "a non-empty array of items"
+        raise InvalidRequest(f"{param} must be {kind}.", param=param)
+    if most is not None and len(value) > most:
+        raise InvalidRequest(f"{param} holds at most {most} items at a time.", param=param)
     turn = []
     for i, item in enumerate(value):
+        where = f"{param}[{i}]"
         if not isinstance(item, dict):
-            raise InvalidRequest(f"input[{i}] must be an object.", param=f"input[{i}]")
+            raise InvalidRequest(f"{where} must be an object.", param=where)
         kind = item.get("type", "message")
         if kind != "message":
             raise InvalidRequest(
-                f"input[{i}].type {kind!r} is not supported: only message items are.",
+                f"{where}.type {kind!r} is not supported: only message items are.",
                 code="unsupported_item_type",
-                param=f"input[{i}].type",
+                param=f"{where}.type",
             )
         role = item.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(
-                f"input[{i}].role must be one of {', '.join(sorted(ROLES))}.", param=f"input[{i}].role"
-            )
-        turn.append(TurnInput(ROLES[role], _content_text(item.get("content"), f"input[{i}].content")))
+            raise InvalidRequest(f"{where}.role must be one of {', '.join(sorted(ROLES))}.", param=f"{where}.role")
+        turn.append(TurnInput(ROLES[role], _content_text(item.get("content"), f"{where}.content")))
     return turn
 
 
@@ -164,7 +167,7 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
     return value
 
 
-def _metadata(value: Any, param: str = "metadata") -> dict[str, str]:
+def metadata_parse(value: Any, param: str = "metadata") -> dict[str, str]:
     if value is None:
         return {}
     if (
@@ -187,7 +190,7 @@ def _metadata(value: Any, param: str = "metadata") -> dict[str, str]:
 def validate_create(body: Any) -> CreateRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    turn = _turn(body.get("input"))
+    turn = items_parse(body.get("input"))
     instructions = body.get("instructions")
     if instructions is not None:
         instructions = _text(instructions, "instructions")
@@ -198,7 +201,7 @@ def validate_create(body: Any) -> CreateRequest:
         raise InvalidRequest("model must be a string.", param="model")
     previous_id = None
     if body.get("previous_response_id") is not None:
-        previous_id = _parse(body["previous_response_id"], "resp_")
+        previous_id = parse_id(body["previous_response_id"], "resp_")
         if previous_id is None:
             raise NotFound(
                 f"Previous response with id {body['previous_response_id']!r} not found.",
@@ -210,7 +213,7 @@ def validate_create(body: Any) -> CreateRequest:
         conversation = conversation.get("id")
     conversation_pk = None
     if conversation is not None:
-        conversation_pk = _parse(conversation, "conv_")
+        conversation_pk = parse_id(conversation, "conv_")
         if conversation_pk is None:
             raise NotFound(f"Conversation with id {conversation!r} not found.", code="conversation_not_found")
     if previous_id is not None and conversation_pk is not None:
@@ -240,7 +243,7 @@ def validate_create(body: Any) -> CreateRequest:
         "max_output_tokens": max_output_tokens,
         "temperature": temperature,
         "top_p": top_p,
-        "metadata": _metadata(body.get("metadata")),
+        "metadata": metadata_parse(body.get("metadata")),
         "background": background,
         "store": store,
         "truncation": truncation,
@@ -373,10 +376,7 @@ def response_object(reply: Message, turn: Turn, *, echo: dict[str, Any] | None =
         echo=echo or {},
     )
     status, incomplete, error = _status(reply)
-    text = reply.content
-    running = generations.running(reply.pk)
-    if status == "in_progress" and running is not None:
-        text = "".join(running.text)
+    text = _text_so_far(reply)
     body.update(
         status=status,
         incomplete_details=incomplete,
@@ -391,14 +391,23 @@ def _response_of(reply: Message, echo: dict[str, Any] | None = None) -> dict[str
     return response_object(reply, turn_of(reply), echo=echo)
 
 
-def input_item(message: Message) -> dict[str, Any]:
-    kind = "output_text" if message.role == Message.Role.ASSISTANT else "input_text"
+def _text_so_far(reply: Message) -> str:
+    """A reply's text: while this worker generates it, what has come so far (the stored text lags behind)."""
+    running = generations.running(reply.pk) if reply.status == Message.Status.IN_PROGRESS else None
+    return "".join(running.text) if running is not None else reply.content
+
+
+def message_item(message: Message) -> dict[str, Any]:
+    """A stored message as OpenAI's message item: a reply is a response's output message (`output_text`, with
+    its status), a user or system message has `input_text` content."""
+    if message.role == Message.Role.ASSISTANT:
+        return output_message(message.pk, _text_so_far(message), _status(message)[0])
     return {
         "type": "message",
         "id": item_id(message.pk),
         "status": "completed",
         "role": message.role,
-        "content": [{"type": kind, "text": message.content}],
+        "content": [{"type": "input_text", "text": message.content}],
     }
 
 
@@ -603,7 +612,7 @@ async def stateless_sse(
 # --- views ----------------------------------------------------------------------------------
 
 
-class _OpenAIView(APIView):
+class OpenAIView(APIView):
     parser_classes = [JSONParser]
     content_negotiation_class = StreamFriendlyNegotiation
 
@@ -616,48 +625,54 @@ def _sse_response(content: AsyncGenerator[bytes, None]) -> HttpResponseBase:
 
 
 def _reply_of(request: AuthenticatedRequest, rid: str) -> Message:
-    return selectors.reply_get_for_user(user=request.user, reply_id=_parse(rid, "resp_"))
+    return selectors.reply_get_for_user(user=request.user, reply_id=parse_id(rid, "resp_"))
 
 
 # Schemas (the views validate by hand, with OpenAI's error messages).
 
 
-@extend_schema_field(
-    {
-        "oneOf": [
-            {"type": "string"},
-            {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string", "enum": ["message"]},
-                        "role": {"type": "string", "enum": sorted(ROLES)},
-                        "content": {
-                            "oneOf": [
-                                {"type": "string"},
-                                {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {
-                                            "type": {"type": "string", "enum": ["input_text"]},
-                                            "text": {"type": "string"},
-                                        },
-                                        "required": ["type", "text"],
-                                    },
-                                },
-                            ]
+MESSAGE_ITEM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["message"]},
+        "role": {"type": "string", "enum": sorted(ROLES)},
+        "content": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"type": "string", "enum": sorted(TEXT_PARTS)},
+                            "text": {"type": "string"},
                         },
+                        "required": ["type", "text"],
                     },
-                    "required": ["role", "content"],
                 },
-            },
-        ]
-    }
-)
+            ]
+        },
+    },
+    "required": ["role", "content"],
+}
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": MESSAGE_ITEM_SCHEMA}]})
 class InputField(serializers.JSONField):
     """`input`: a string, or message items with text content."""
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": 512},
+        "maxProperties": 16,
+        "nullable": True,
+        "description": "Up to 16 string pairs: keys up to 64 characters, values up to 512.",
+    }
+)
+class MetadataField(serializers.JSONField):
+    """OpenAI's `metadata`: validated by `metadata_parse`."""
 
 
 @extend_schema_field(
@@ -705,10 +720,10 @@ class ResponseCreateRequest(serializers.Serializer):
     max_output_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
     top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
-    metadata = serializers.DictField(child=serializers.CharField(max_length=512), required=False, allow_null=True)
+    metadata = MetadataField(required=False)
 
 
-def _enum(values: list[str]) -> serializers.CharField:
+def enum_field(values: list[str]) -> serializers.CharField:
     """A string of these values, inline in the schema (as an enum component, its name would collide)."""
     field = serializers.CharField()
     extend_schema_field({"type": "string", "enum": values})(field)  # type: ignore[type-var]
@@ -716,17 +731,17 @@ def _enum(values: list[str]) -> serializers.CharField:
 
 
 class OutputText(serializers.Serializer):
-    type = _enum(["output_text"])
+    type = enum_field(["output_text"])
     text = serializers.CharField(allow_blank=True)
     annotations = serializers.ListField(child=serializers.DictField())
     logprobs = serializers.ListField(child=serializers.DictField())
 
 
 class OutputMessage(serializers.Serializer):
-    type = _enum(["message"])
+    type = enum_field(["message"])
     id = serializers.CharField()
-    status = _enum(["in_progress", "completed", "incomplete"])
-    role = _enum(["assistant"])
+    status = enum_field(["in_progress", "completed", "incomplete"])
+    role = enum_field(["assistant"])
     content = OutputText(many=True)
 
 
@@ -749,9 +764,9 @@ class ConversationRef(serializers.Serializer):
 
 class ResponseOutput(serializers.Serializer):
     id = serializers.CharField()
-    object = _enum(["response"])
+    object = enum_field(["response"])
     created_at = serializers.IntegerField()
-    status = _enum(["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"])
+    status = enum_field(["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"])
     background = serializers.BooleanField()
     error = ResponseErrorOutput(allow_null=True)
     incomplete_details = serializers.DictField(allow_null=True)
@@ -777,25 +792,25 @@ class ResponseOutput(serializers.Serializer):
 
 class ResponseDeletedOutput(serializers.Serializer):
     id = serializers.CharField()
-    object = _enum(["response"])
+    object = enum_field(["response"])
     deleted = serializers.BooleanField()
 
 
 class InputText(serializers.Serializer):
-    type = _enum(["input_text", "output_text"])
+    type = enum_field(["input_text", "output_text"])
     text = serializers.CharField(allow_blank=True)
 
 
 class InputItem(serializers.Serializer):
-    type = _enum(["message"])
+    type = enum_field(["message"])
     id = serializers.CharField()
-    status = _enum(["completed"])
-    role = _enum(["user", "system", "assistant"])
+    status = enum_field(["completed"])
+    role = enum_field(["user", "system", "assistant"])
     content = InputText(many=True)
 
 
 class InputItemListOutput(serializers.Serializer):
-    object = _enum(["list"])
+    object = enum_field(["list"])
     data = InputItem(many=True)  # type: ignore[assignment]
     first_id = serializers.CharField(allow_null=True)
     last_id = serializers.CharField(allow_null=True)
@@ -829,7 +844,7 @@ async def _replay(request: Request, reply_id: uuid.UUID) -> HttpResponseBase:
     return _sse_response(response_sse(reply, first, echo=echo))
 
 
-class ResponsesView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAPIView):
+class ResponsesView(LimitHeadersMixin, OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_responses_create",
         request=ResponseCreateRequest,
@@ -841,6 +856,10 @@ class ResponsesView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAP
             (200, "text/event-stream"): event_stream(STREAM_EVENTS, description=STREAM_DESCRIPTION),
             **OPENAI_ERRORS,
             404: OpenApiResponse(OpenAIError, description="Unknown model, previous response or conversation."),
+            409: OpenApiResponse(
+                OpenAIError,
+                description="The reply the input would follow is still being generated (`reply_in_progress`).",
+            ),
         },
         description=(
             "OpenAI's Responses API. Stored (default): the instructions and input join the tree after "
@@ -899,7 +918,7 @@ class ResponsesView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAP
         return Response(body)
 
 
-def _query_int(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
+def query_int(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -913,14 +932,14 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int | 
     return value
 
 
-def _query_flag(request: Request, name: str) -> bool:
+def query_flag(request: Request, name: str) -> bool:
     raw = request.query_params.get(name, "false").lower()
     if raw not in ("true", "false"):
         raise InvalidRequest(f"{name} must be true or false.", param=name)
     return raw == "true"
 
 
-class ResponseDetailView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
+class ResponseDetailView(OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_responses_retrieve",
         parameters=[
@@ -946,8 +965,8 @@ class ResponseDetailView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
         description="A stored response (in progress, its text so far); with `stream`, its events, resumable.",
     )
     async def get(self, request: AuthenticatedRequest, response_id: str) -> HttpResponseBase:
-        stream = _query_flag(request, "stream")
-        starting_after = _query_int(request, "starting_after", -1, -1)
+        stream = query_flag(request, "stream")
+        starting_after = query_int(request, "starting_after", -1, -1)
         reply = await db_work(_reply_of)(request, response_id)
         if not stream:
             return Response(await db_work(_response_of)(reply))
@@ -969,7 +988,7 @@ class ResponseDetailView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
         return Response({"id": resp_id(reply.pk), "object": "response", "deleted": True})
 
 
-class ResponseCancelView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
+class ResponseCancelView(OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_responses_cancel",
         parameters=[RESPONSE_ID],
@@ -988,15 +1007,33 @@ class ResponseCancelView(_OpenAIView, ConnectionReleasing, AsyncAPIView):
         return Response(await db_work(_response_of)(reply))
 
 
-def _input_items(request: AuthenticatedRequest, rid: str) -> dict[str, Any]:
-    limit = _query_int(request, "limit", 20, 1, 100)
+def list_query(request: Request) -> tuple[int, bool]:
+    """A list's `limit` (1 to 100, default 20) and whether it is newest first (`order`, default `desc`)."""
+    limit = query_int(request, "limit", 20, 1, 100)
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("order must be asc or desc.", param="order")
+    return limit, order == "desc"
+
+
+def item_list(messages: list[Message], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list of items, one a message."""
+    data = [message_item(m) for m in messages]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def _input_items(request: AuthenticatedRequest, rid: str) -> dict[str, Any]:
+    limit, descending = list_query(request)
     reply = _reply_of(request, rid)
     path = selectors.message_path_get(conversation=reply.conversation, leaf_id=reply.pk)[:-1]
     items = [m for m in path if m.role in (Message.Role.USER, Message.Role.SYSTEM)]
-    if order == "desc":
+    if descending:
         items.reverse()
     after = request.query_params.get("after")
     if after is not None:
@@ -1004,18 +1041,10 @@ def _input_items(request: AuthenticatedRequest, rid: str) -> dict[str, Any]:
         if after not in ids:
             raise InvalidRequest(f"after {after!r} is not an input item of this response.", param="after")
         items = items[ids.index(after) + 1 :]
-    page = items[:limit]
-    data = [input_item(m) for m in page]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": len(items) > limit,
-    }
+    return item_list(items[:limit], len(items) > limit)
 
 
-class ResponseInputItemsView(_OpenAIView):
+class ResponseInputItemsView(OpenAIView):
     @extend_schema(
         operation_id="openai_responses_input_items",
         parameters=[

@@ -210,6 +210,65 @@ def message_context_get(*, conversation: Conversation, leaf_id: uuid.UUID, budge
     return fitting, fitting[0].depth if fitting else 0
 
 
+def message_branch_window(*, conversation: Conversation, leaf: Message, low: int, high: int) -> list[Message]:
+    """The messages of the branch root→`leaf` whose depth lies in [low, high], oldest first.
+
+    One query, which walks up from the leaf and stops at depth `low`: a page near the leaf costs the same
+    however long the branch is (a page near the root reads the branch's ids, and only its own rows whole).
+    """
+    table = Message._meta.db_table
+    rows = Message.objects.raw(
+        f"""
+        WITH RECURSIVE branch(id, parent_id, depth) AS (
+            SELECT id, parent_id, depth FROM {table} WHERE id = %s AND conversation_id = %s
+            UNION ALL
+            SELECT m.id, m.parent_id, m.depth FROM {table} m JOIN branch b ON m.id = b.parent_id WHERE b.depth > %s
+        )
+        SELECT * FROM {table} WHERE id IN (SELECT id FROM branch WHERE depth BETWEEN %s AND %s)
+        """,
+        [_pk_param(leaf.pk), _pk_param(conversation.pk), low, low, high],
+    )
+    return sorted(rows, key=lambda m: m.depth)
+
+
+def message_branch_page(
+    *, conversation: Conversation, limit: int, descending: bool, after: uuid.UUID | None = None
+) -> tuple[list[Message], bool]:
+    """A page of the current branch (root→`current_node`): up to `limit` messages newest or oldest first, after
+    the message `after` when given (which must be on the branch: else a 400), and whether more follow.
+
+    Three queries or four, whatever the length of the branch (the page is found by depth)."""
+    leaf = Message.objects.filter(pk=conversation.current_node_id).first() if conversation.current_node_id else None
+    anchor: int | None = None
+    if after is not None:
+        found = Message.objects.filter(pk=after, conversation=conversation).values_list("depth", flat=True).first()
+        anchor = found if leaf is not None and found is not None and found <= leaf.depth else None
+        if anchor is None:
+            raise InvalidRequest("after is not an item of the conversation's current branch.", param="after")
+    if leaf is None:
+        return [], False
+    if descending:
+        high = leaf.depth if anchor is None else anchor - 1
+        low = max(0, high - limit + 1)
+        has_more = low > 0
+    else:
+        low = 0 if anchor is None else anchor + 1
+        high = min(leaf.depth, low + limit - 1)
+        has_more = high < leaf.depth
+    window = message_branch_window(
+        conversation=conversation,
+        leaf=leaf,
+        low=low if anchor is None else min(low, anchor),
+        high=high if anchor is None else max(high, anchor),
+    )
+    if anchor is not None and not any(m.pk == after for m in window):  # at its depth, but on another branch
+        raise InvalidRequest("after is not an item of the conversation's current branch.", param="after")
+    page = [m for m in window if low <= m.depth <= high]
+    if descending:
+        page.reverse()
+    return page, has_more
+
+
 def message_subtree_ids(*, root: Message) -> list[uuid.UUID]:
     """Ids of `root` and all its descendants, in one query."""
     table = Message._meta.db_table

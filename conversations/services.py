@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
@@ -112,9 +113,14 @@ def conversation_update(
     archived: bool | _Unset = UNSET,
     tags: list[str] | _Unset = UNSET,
     folder_id: uuid.UUID | None | _Unset = UNSET,
+    metadata: dict[str, str] | _Unset = UNSET,
 ) -> Conversation:
-    """Change what is given; `tags` replaces the conversation's tags, `folder_id: None` takes it out of its folder."""
+    """Change what is given; `tags` replaces the conversation's tags, `folder_id: None` takes it out of its folder,
+    `metadata` replaces its metadata (OpenAI's Conversations API: validated by the caller)."""
     fields: list[str] = []
+    if not isinstance(metadata, _Unset):
+        conversation.metadata = metadata
+        fields.append("metadata")
     if not isinstance(pinned, _Unset):
         conversation.pinned = pinned
         fields.append("pinned")
@@ -407,7 +413,10 @@ def _reply_store(
             fields = ["updated_at"]
             conversation.updated_at = now
             if status == Message.Status.FAILED and conversation.current_node_id == job.reply_id:
-                conversation.current_node_id = job.request.pk
+                # Back to the reply's parent as it is now: the prompt may have been taken out meanwhile
+                # (message_remove), its place given to the message above it.
+                parent = Message.objects.filter(pk=job.reply_id).values_list("parent_id", flat=True)
+                conversation.current_node_id = parent.first()
                 fields.append("current_node")
             conversation.save(update_fields=fields)
     if deleted is not None:
@@ -511,6 +520,17 @@ def _message_at(conversation: Conversation, message_id: object, *, param: str | 
     return message_get_in_conversation(conversation=conversation, message_id=message_id, param=param)
 
 
+def _check_not_in_progress(parent: Message | None, *, instead: str = "") -> None:
+    if parent is not None and parent.status == Message.Status.IN_PROGRESS:
+        # Asking on top of a reply still being written would send the model half an answer (a client
+        # retrying a request it gave up on does exactly that).
+        raise Conflict(
+            f"The reply this would follow is still being generated: wait for it or cancel it{instead}.",
+            code="reply_in_progress",
+            details={"message_id": str(parent.pk)},
+        )
+
+
 def conversation_ask_prepare(
     *,
     conversation: Conversation,
@@ -534,15 +554,7 @@ def conversation_ask_prepare(
             parent = _message_at(conversation, parent_id, param="parent_id")
         else:
             parent = _message_at(conversation, conversation.current_node_id)
-        if parent is not None and parent.status == Message.Status.IN_PROGRESS:
-            # Asking on top of a reply still being written would send the model half an answer (a client
-            # retrying a request it gave up on does exactly that).
-            raise Conflict(
-                "The reply this would follow is still being generated: wait for it, cancel it, or ask from an "
-                "earlier message (parent_id).",
-                code="reply_in_progress",
-                details={"message_id": str(parent.pk)},
-            )
+        _check_not_in_progress(parent, instead=", or ask from an earlier message (parent_id)")
         now = timezone.now()
         request = Message(
             conversation=conversation,
@@ -644,30 +656,12 @@ def openai_turn_prepare(
             conversation = conversation_get_for_user(user=owner, conversation_id=conversation_id)
             _lock(conversation)
         parent = _message_at(conversation, conversation.current_node_id)
-        now = timezone.now()
         fields = []
         if system and system != conversation.system_prompt:
             conversation.system_prompt = system
             fields.append("system_prompt")
-        added = []
-        for m, text in texts:
-            if m["role"] in ("system", "developer"):
-                continue
-            # Assistant turns the client sends are earlier replies it already has: complete ones.
-            finish = Message.Finish.STOP if m["role"] == "assistant" else None
-            parent = Message(
-                conversation=conversation,
-                parent=parent,
-                depth=parent.depth + 1 if parent else 0,
-                token_count=llm.estimate_tokens(text),
-                role=m["role"],
-                content=text,
-                finish_details=finish,
-                created_at=now,
-            )
-            added.append(parent)
-            now += timedelta(microseconds=1)  # keeps them in order
-        Message.objects.bulk_create(added)
+        turn_in = [TurnInput(m["role"], text) for m, text in texts if m["role"] in ("user", "assistant")]
+        added = _turn_append(conversation, parent, turn_in)
         if not conversation.title:
             conversation.title = title_from_prompt(next(text for m, text in texts if m["role"] == "user"))
             fields.append("title")
@@ -682,6 +676,27 @@ class TurnInput:
 
     role: str
     text: str
+
+
+def _turn_append(conversation: Conversation, parent: Message | None, turn: list[TurnInput]) -> list[Message]:
+    """Store `turn` as a chain of messages after `parent` (None: from a new root), oldest first, in one query.
+    Assistant messages a client sends are earlier replies it already has: complete ones."""
+    now = timezone.now()
+    added = []
+    for item in turn:
+        parent = Message(
+            conversation=conversation,
+            parent=parent,
+            depth=parent.depth + 1 if parent else 0,
+            token_count=llm.estimate_tokens(item.text),
+            role=item.role,
+            content=item.text,
+            finish_details=Message.Finish.STOP if item.role == Message.Role.ASSISTANT else None,
+            created_at=now,
+        )
+        added.append(parent)
+        now += timedelta(microseconds=1)  # keeps them in order
+    return Message.objects.bulk_create(added)
 
 
 def responses_turn_prepare(
@@ -725,22 +740,8 @@ def responses_turn_prepare(
         else:
             conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.OPENAI)
             parent = None
-        now = timezone.now()
-        added = []
-        for item in turn:
-            parent = Message(
-                conversation=conversation,
-                parent=parent,
-                depth=parent.depth + 1 if parent else 0,
-                token_count=llm.estimate_tokens(item.text),
-                role=item.role,
-                content=item.text,
-                finish_details=Message.Finish.STOP if item.role == Message.Role.ASSISTANT else None,
-                created_at=now,
-            )
-            added.append(parent)
-            now += timedelta(microseconds=1)  # keeps them in order
-        Message.objects.bulk_create(added)
+        _check_not_in_progress(parent)
+        added = _turn_append(conversation, parent, turn)
         if not conversation.title:
             conversation.title = title_from_prompt(turn[-1].text)
             conversation.save(update_fields=["title"])
@@ -793,6 +794,57 @@ def responses_context(
     messages.extend({"role": m.role, "content": m.content} for m in path)
     messages.extend({"role": item.role, "content": item.text} for item in turn)
     return messages
+
+
+def openai_conversation_create(*, owner: User, items: list[TurnInput], metadata: dict[str, str]) -> Conversation:
+    """`POST /v1/conversations`: a new conversation holding `items` (none, or a branch of them) and `metadata`."""
+    with transaction.atomic():
+        conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.OPENAI, metadata=metadata)
+        if items:
+            _items_append(conversation, items)
+    return conversation
+
+
+def conversation_items_add(*, conversation: Conversation, items: list[TurnInput]) -> list[Message]:
+    """`POST /v1/conversations/{id}/items`: `items` continue the current branch (no reply is asked for), and
+    `current_node` moves to the last of them. On top of a reply still being generated: 409."""
+    with transaction.atomic():
+        _lock(conversation)
+        return _items_append(conversation, items)
+
+
+def _items_append(conversation: Conversation, items: list[TurnInput]) -> list[Message]:
+    parent = _message_at(conversation, conversation.current_node_id)
+    _check_not_in_progress(parent)
+    added = _turn_append(conversation, parent, items)
+    conversation.current_node = added[-1]
+    conversation.updated_at = added[-1].created_at
+    fields = ["current_node", "updated_at"]
+    prompt = next((item.text for item in items if item.role == Message.Role.USER), None)
+    if not conversation.title and prompt is not None:
+        conversation.title = title_from_prompt(prompt)
+        fields.append("title")
+    conversation.save(update_fields=fields)
+    return added
+
+
+def message_remove(*, conversation: Conversation, message: Message) -> None:
+    """Take one message out of its branch and keep what follows it (OpenAI's "delete an item"): its children
+    move up to its parent (a root's become roots), and `current_node` moves to its parent if it was this
+    message. `message_delete` takes the whole subtree instead."""
+    with transaction.atomic():
+        _lock(conversation)
+        found = Message.objects.filter(pk=message.pk, conversation=conversation).values_list("parent_id").first()
+        if found is None:
+            raise NotFound("Message not found: it was deleted.", code="message_not_found")
+        parent_id = found[0]
+        below = [pk for pk in message_subtree_ids(root=message) if pk != message.pk]
+        Message.objects.filter(parent_id=message.pk).update(parent_id=parent_id)
+        Message.objects.filter(pk__in=below).update(depth=F("depth") - 1)
+        if conversation.current_node_id == message.pk:
+            conversation.current_node_id = parent_id
+            conversation.save(update_fields=["current_node"])
+        Message.objects.filter(pk=message.pk).delete()
 
 
 def message_regenerate_prepare(

@@ -25,6 +25,7 @@ def thread(owner, depth: int) -> Conversation:
             conversation=conversation,
             parent=parent,
             role=role,
+            depth=i,
             content=f"message {i}",
             created_at=start + dt.timedelta(seconds=i),
         )
@@ -133,3 +134,21 @@ def test_messages_with_attachments_cost_the_same_queries_as_without(api, user):
         )
     messages = api.get(f"/conversations/{illustrated.pk}/messages").json()
     assert sum(len(m["attachments"]) for m in messages) == 100
+
+
+def test_a_page_of_v1_conversation_items_costs_the_same_queries_at_any_depth(api, user):
+    shallow, deep = thread(user, 3), thread(user, 300)
+    api.get("/conversations")
+
+    def page(conversation: Conversation, **query: str) -> int:
+        return count_queries(lambda: api.get(f"/v1/conversations/{conversation.pk}/items", query))
+
+    assert page(shallow) == page(deep)
+    deep_leaf = deep.current_node
+    assert deep_leaf is not None and deep_leaf.parent_id is not None
+    after = f"msg_{deep_leaf.parent_id.hex}"
+    assert shallow.current_node_id is not None
+    assert page(shallow, limit="1", after=f"msg_{shallow.current_node_id.hex}") == page(deep, limit="1", after=after)
+    listed = api.get(f"/v1/conversations/{deep.pk}/items", {"limit": "2", "after": after}).json()
+    assert [item["content"][0]["text"] for item in listed["data"]] == ["message 297", "message 296"]
+    assert listed["has_more"] is True
