@@ -27,6 +27,7 @@ from typing import Any
 
 from asgiref.sync import AsyncToSync, ThreadSensitiveContext
 from django.conf import settings
+from django.db import transaction
 
 from accounts.limits import Slot, slots_renew
 from chatapi.db import db_work
@@ -107,8 +108,11 @@ async def generation_begin(
     accounts.limits.limit_admit) until it ends; if nothing starts, it is released here."""
 
     def stored() -> tuple[ReplyJob, Message, dict[str, Any] | None]:
-        job = prepare()
-        reply = services.reply_begin(job=job)
+        # One transaction for the prompt and the reply in progress: the prompt is still stored before the
+        # backend is called, and the conversation is locked once, not twice.
+        with transaction.atomic():
+            job = prepare()
+            reply = services.reply_begin(job=job)
         return job, reply, MessageOutput(job.request).data if job.request_is_new else None
 
     async def begin() -> tuple[Generation, Message]:

@@ -110,3 +110,28 @@ def test_listing_conversations_costs_a_constant_number_of_queries(api, user):
     many = count_queries(lambda: api.get("/conversations", {"limit": 50}))
     assert few == many
     assert len(api.get("/conversations", {"limit": 50}).json()) == 50
+
+
+@pytest.mark.django_db(transaction=True)  # the service's own transactions, not savepoints inside a test's
+def test_an_ask_costs_sixteen_queries_and_answers_what_a_reread_gives(api, user, backend):
+    """Key; conversation; one transaction storing the prompt and the reply in progress (lock, parent, prompt,
+    context, reply, current node); one storing the answer (lock, reply, key usage, conversation). The answer
+    is not read back: it must be what reading the reply gives."""
+    conversation = thread(user, 4)
+    api.get("/conversations")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(f"/conversations/{conversation.pk}/ask", {"prompt": "hi"})
+    assert response.status_code == 201, response.content
+
+    statements = [query["sql"].split(" ", 1)[0] for query in queries.captured_queries]
+    assert len(statements) == 16, "\n".join(query["sql"][:100] for query in queries.captured_queries)
+    assert statements.count("COMMIT") == 2  # the prompt and the reply in progress are stored together
+    reply = response.json()["response"]
+    branch = api.get(f"/conversations/{conversation.pk}/messages").json()
+    reread = next(message for message in branch if message["id"] == reply["id"])
+    assert reread["parent_id"] == reply["request_id"]
+    same = set(reread) - {"parent_id", "children"}
+    assert {key: reply[key] for key in same} == {key: reread[key] for key in same}
+    assert reread["usage"] and reread["create_time"]
+    assert reply["message"] == "Reply 1 to: hi" and reply["status"] == "completed"
