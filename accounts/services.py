@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import F
 from django.utils import timezone
 
 from accounts import limits as key_limits  # a module: accounts.limits imports DRF, whose settings import us
@@ -244,26 +244,33 @@ def api_key_update(*, api_key: APIKey, name: str | None = None, limits: Limits |
 
 
 def api_key_usage_record(*, api_key_id: uuid.UUID, prompt_tokens: int, completion_tokens: int) -> None:
-    """Add one reply's token usage to a key's totals, its tokens this minute and in its budget period, in one
-    UPDATE (no read, no race): a window that has passed starts again from this reply."""
+    """Add one reply's token usage to a key's totals, its tokens this minute and in its budget period: a
+    window that has passed starts again from this reply. The key's row is locked while its windows are read
+    and written, so that no concurrent reply's usage is lost.
+
+    (One UPDATE choosing the windows with CASE expressions needs no read, but the ORM takes some 7 ms of CPU
+    to build it, against some 3 ms for this read and a plain UPDATE: measured in one process, interleaved.)
+    """
     tokens = prompt_tokens + completion_tokens
     now = timezone.now()
     minute = key_limits.minute_start(now)
-    # The start of the key's current budget period, whichever period it has.
-    period = Case(
-        *(When(budget_period=p, then=Value(key_limits.period_start(p, now))) for p in BudgetPeriod.values),
-        default=Value(key_limits.period_start(BudgetPeriod.TOTAL, now)),
-    )
-    APIKey.objects.filter(pk=api_key_id).update(
-        request_count=F("request_count") + 1,
-        prompt_tokens=F("prompt_tokens") + prompt_tokens,
-        completion_tokens=F("completion_tokens") + completion_tokens,
-        total_tokens=F("total_tokens") + tokens,
-        tpm_used=Case(When(tpm_window=minute, then=F("tpm_used") + tokens), default=Value(tokens)),
-        tpm_window=Value(minute),
-        budget_used=Case(When(budget_window=period, then=F("budget_used") + tokens), default=Value(tokens)),
-        budget_window=period,
-    )
+    with transaction.atomic(savepoint=False):  # a savepoint inside a caller's transaction would change nothing
+        windows = APIKey.objects.select_for_update().filter(pk=api_key_id)
+        row = windows.values_list("budget_period", "budget_window", "tpm_window").first()
+        if row is None:
+            return  # the key was deleted meanwhile: there is nothing to count against
+        budget_period, budget_window, tpm_window = row
+        period = key_limits.period_start(budget_period, now)
+        windows.update(
+            request_count=F("request_count") + 1,
+            prompt_tokens=F("prompt_tokens") + prompt_tokens,
+            completion_tokens=F("completion_tokens") + completion_tokens,
+            total_tokens=F("total_tokens") + tokens,
+            tpm_used=F("tpm_used") + tokens if tpm_window == minute else tokens,
+            tpm_window=minute,
+            budget_used=F("budget_used") + tokens if budget_window == period else tokens,
+            budget_window=period,
+        )
 
 
 def api_key_revoke(*, api_key: APIKey) -> APIKey:

@@ -147,7 +147,7 @@ class CompleteView(LimitHeadersMixin, ConnectionReleasing, AsyncAPIView):
         if generation.made and first.seq == generation.made_seq:  # the model made a file before any text
             await rest.aclose()
             reply = await generations.generation_outcome(generation)
-            attachment = reply.attachments.all()[0]
+            attachment = reply.attachment_list()[0]
             return HttpResponse(
                 generation.made[0].data,
                 content_type=attachment.content_type,

@@ -27,6 +27,7 @@ from typing import Any
 
 from asgiref.sync import AsyncToSync, ThreadSensitiveContext
 from django.conf import settings
+from django.db import transaction
 
 from accounts.limits import Slot, slots_renew
 from chatapi.db import db_work
@@ -117,10 +118,13 @@ async def generation_begin(
     the model is offered the configured image and speech tools (conversations.tools)."""
 
     def stored() -> tuple[ReplyJob, Message, dict[str, Any] | None]:
-        job = prepare()
-        if offer_tools:
-            services.reply_tools_offer(job=job)
-        reply = services.reply_begin(job=job)
+        # One transaction for the prompt and the reply in progress: the prompt is still stored before the
+        # backend is called, and the conversation is locked once, not twice.
+        with transaction.atomic():
+            job = prepare()
+            if offer_tools:
+                services.reply_tools_offer(job=job)
+            reply = services.reply_begin(job=job)
         return job, reply, MessageOutput(job.request).data if job.request_is_new else None
 
     async def begin() -> tuple[Generation, Message]:

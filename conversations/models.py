@@ -169,6 +169,10 @@ class Message(models.Model):
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
+    # Not a column: the attachments a reply was just stored with, when the service hands back the reply it
+    # wrote without reading it again (None: ask the database, or what a list prefetched).
+    attachments_made: list[Attachment] | None = None
+
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [
@@ -186,6 +190,10 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+    def attachment_list(self) -> list[Attachment]:
+        """Its attachments: those it was just stored with, else what its list prefetched (else one query)."""
+        return self.attachments_made if self.attachments_made is not None else list(self.attachments.all())
 
 
 class Attachment(models.Model):

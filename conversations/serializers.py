@@ -188,7 +188,7 @@ def attachments_of(message: Message) -> list[dict[str, Any]]:
         return []
     return [
         {"id": str(a.pk), "content_type": a.content_type, "size": a.size, "url": attachment_url(a.pk)}
-        for a in message.attachments.all()
+        for a in message.attachment_list()
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from collections.abc import Iterable
@@ -217,6 +218,7 @@ class ReplyJob:
     api_key_id: uuid.UUID | None = None  # the key the usage is counted against
     left_out: int = 0  # earlier messages of the branch that did not fit in the model's context
     tools_offered: bool = False  # the model is offered generate_image / text_to_speech (conversations.tools)
+    reply: Message | None = None  # the reply as reply_begin stored it (in progress)
 
     @property
     def context_info(self) -> dict[str, int]:
@@ -308,8 +310,12 @@ def reply_begin(*, job: ReplyJob) -> Message:
     it, so that a reload shows it being written."""
     now = timezone.now()
     conversation = job.conversation
-    with transaction.atomic():
-        _lock(conversation)
+    # A new prompt's prepare locked the conversation (or made it); called in that prepare's transaction (as
+    # generations.generation_begin does), the lock is held already.
+    locked = job.request_is_new and transaction.get_connection().in_atomic_block
+    with transaction.atomic(savepoint=False):
+        if not locked:
+            _lock(conversation)
         reply = Message(
             id=job.reply_id,
             conversation=conversation,
@@ -325,6 +331,7 @@ def reply_begin(*, job: ReplyJob) -> Message:
         conversation.current_node = reply
         conversation.updated_at = now
         conversation.save(update_fields=["current_node", "updated_at"])
+    job.reply = reply
     return reply
 
 
@@ -391,17 +398,20 @@ def _reply_store(
             deleted: ApplicationError | None = exc
         else:
             deleted = None
+        values = {
+            "content": content,
+            "model": model,
+            "status": status,
+            "finish_details": finish,
+            "lease_expires_at": None,
+            "last_event_id": last_event_id,
+            "token_count": usage.completion_tokens if usage else llm.estimate_tokens(content),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "total_tokens": usage.total_tokens if usage else None,
+        }
         stored = not deleted and Message.objects.filter(pk=job.reply_id, status=Message.Status.IN_PROGRESS).update(
-            content=content,
-            model=model,
-            status=status,
-            finish_details=finish,
-            lease_expires_at=None,
-            last_event_id=last_event_id,
-            token_count=usage.completion_tokens if usage else llm.estimate_tokens(content),
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            total_tokens=usage.total_tokens if usage else None,
+            **values
         )
         if usage is not None and job.api_key_id is not None:
             # Counted whatever became of the reply meanwhile: the backend did the work.
@@ -426,7 +436,15 @@ def _reply_store(
             "The reply was deleted, or ended elsewhere, while it was generated; it was not stored.",
             code="concurrent_change",
         )
-    return Message.objects.prefetch_related("attachments").get(pk=job.reply_id)
+    if job.reply is None:
+        return Message.objects.prefetch_related("attachments").get(pk=job.reply_id)
+    # The row as the UPDATE left it, without reading it back: the reply as begun, with the values above (a
+    # copy: whoever holds the reply in progress keeps it as it was), and the files made for it.
+    reply = copy.copy(job.reply)
+    for name, value in values.items():
+        setattr(reply, name, value)
+    reply.attachments_made = attachments
+    return reply
 
 
 def replies_keep(*, texts: dict[uuid.UUID, str]) -> None:
@@ -548,7 +566,9 @@ def conversation_ask_prepare(
     chosen_model = llm.model_resolve(model or conversation.model)
     budget = context_budget(model=chosen_model, system_prompt=conversation.system_prompt, params={})
     _check_fits(prompt, budget=budget, param="prompt")
-    with transaction.atomic():
+    # No savepoint inside generations.generation_begin's transaction: an error there ends all of it anyway,
+    # and a savepoint costs two round trips.
+    with transaction.atomic(savepoint=False):
         _lock(conversation)
         if parent_id is not None:
             parent = _message_at(conversation, parent_id, param="parent_id")
@@ -649,7 +669,7 @@ def openai_turn_prepare(
         )
     texts = [(m, _message_text(m, i)) for i, m in enumerate(messages)]
     system = "\n\n".join(text for m, text in texts if m["role"] in ("system", "developer"))
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         if conversation_id == "new":
             conversation = _conversation_insert(owner=owner, origin=Conversation.Origin.OPENAI)
         else:
@@ -718,7 +738,7 @@ def responses_turn_prepare(
     """
     if not turn or turn[-1].role != Message.Role.USER:
         raise InvalidRequest("The input must end with a user message.", param="input")
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         if previous_id is not None:
             parent = (
                 Message.objects.select_related("conversation")

@@ -152,3 +152,28 @@ def test_a_page_of_v1_conversation_items_costs_the_same_queries_at_any_depth(api
     listed = api.get(f"/v1/conversations/{deep.pk}/items", {"limit": "2", "after": after}).json()
     assert [item["content"][0]["text"] for item in listed["data"]] == ["message 297", "message 296"]
     assert listed["has_more"] is True
+
+
+@pytest.mark.django_db(transaction=True)  # the service's own transactions, not savepoints inside a test's
+def test_an_ask_costs_seventeen_queries_and_answers_what_a_reread_gives(api, user, backend):
+    """Key; conversation; one transaction storing the prompt and the reply in progress (lock, parent, prompt,
+    context, reply, current node); one storing the answer (lock, reply, the key's usage windows read and
+    written, conversation). The answer is not read back: it must be what reading the reply gives."""
+    conversation = thread(user, 4)
+    api.get("/conversations")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(f"/conversations/{conversation.pk}/ask", {"prompt": "hi"})
+    assert response.status_code == 201, response.content
+
+    statements = [query["sql"].split(" ", 1)[0] for query in queries.captured_queries]
+    assert len(statements) == 17, "\n".join(query["sql"][:100] for query in queries.captured_queries)
+    assert statements.count("COMMIT") == 2  # the prompt and the reply in progress are stored together
+    reply = response.json()["response"]
+    branch = api.get(f"/conversations/{conversation.pk}/messages").json()
+    reread = next(message for message in branch if message["id"] == reply["id"])
+    assert reread["parent_id"] == reply["request_id"]
+    same = set(reread) - {"parent_id", "children"}
+    assert {key: reply[key] for key in same} == {key: reread[key] for key in same}
+    assert reread["usage"] and reread["create_time"]
+    assert reply["message"] == "Reply 1 to: hi" and reply["status"] == "completed"
