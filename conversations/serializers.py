@@ -359,3 +359,45 @@ class SearchResultOutput(serializers.Serializer):
     snippet = serializers.CharField(help_text="HTML-escaped text around the matches, each in <mark>…</mark>.")
     create_time = serializers.DateTimeField()
     rank = serializers.FloatField(help_text="Higher is a better match.")
+
+
+# --- export and import ---------------------------------------------------------------------------
+
+
+class ExportQuery(serializers.Serializer):
+    format = serializers.ChoiceField(
+        choices=["chatgpt", "ndjson"],
+        required=False,
+        default="chatgpt",
+        help_text="`chatgpt`: a JSON array in the shape of ChatGPT's conversations.json; `ndjson`: one conversation "
+        "object a line, lossless.",
+    )
+
+
+class ExportOneQuery(serializers.Serializer):
+    format = serializers.ChoiceField(
+        choices=["chatgpt", "ndjson", "markdown"],
+        required=False,
+        default="chatgpt",
+        help_text="As the whole export, or `markdown`: the current branch, readable.",
+    )
+
+
+class ImportFileInput(serializers.Serializer):
+    file = serializers.FileField(help_text="conversations.json, the zip of a ChatGPT export, or NDJSON.")
+
+
+class ImportErrorOutput(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Its position in the file, from 0.")
+    id = serializers.CharField(allow_null=True, help_text="Its id in the file, if it has one.")
+    title = serializers.CharField(allow_null=True)
+    message = serializers.CharField(help_text="What is wrong with it.")
+
+
+class ImportOutput(serializers.Serializer):
+    imported = serializers.IntegerField(help_text="Conversations imported.")
+    skipped = serializers.IntegerField(help_text="Conversations already there (imported before), left alone.")
+    # A declared field: DRF's metaclass takes it off the class (so Serializer.errors stays); the stubs don't know.
+    errors = ImportErrorOutput(  # type: ignore[assignment]
+        many=True, help_text="Conversations that could not be imported (the first 1,000)."
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -27,6 +27,9 @@ from conversations.selectors import (
     message_path_or_400,
     message_subtree_ids,
 )
+
+if TYPE_CHECKING:
+    from conversations.transfer import ImportedConversation
 
 TITLE_LENGTH = 60
 
@@ -857,3 +860,72 @@ def conversation_bulk_apply(
         else:
             raise InvalidRequest(f"Unknown action {action!r}.", code="invalid_action", param="action")
     return len(unique)
+
+
+# --- import --------------------------------------------------------------------------------------
+
+
+def conversation_import(*, owner: User, tree: ImportedConversation) -> Conversation | None:
+    """Store a conversation read from an export, in one transaction, with the fields the service gives the
+    messages it makes (depth, token_count, status; the search index by the database's triggers). None when
+    the owner has it already: imported before (same source id), or it is one of theirs (our own export)."""
+    with transaction.atomic():
+        existing = Conversation.objects.filter(owner=owner, source_id=tree.source_id)
+        if tree.own_id is not None:
+            existing = existing | Conversation.objects.filter(owner=owner, pk=tree.own_id)
+        if existing.exists():
+            return None
+        folder = None
+        if tree.folder is not None:
+            name, system_prompt = tree.folder
+            folder = Folder.objects.filter(owner=owner, name=name).order_by("created_at", "id").first()
+            if folder is None:
+                folder = Folder.objects.create(owner=owner, name=name, system_prompt=system_prompt)
+        model = tree.model if tree.model in settings.CHATAPI_MODELS else ""
+        conversation = Conversation.objects.create(
+            owner=owner,
+            title=tree.title or title_from_prompt(next((m.text for m in tree.messages if m.role == "user"), "")),
+            model=model,
+            system_prompt=tree.system_prompt,
+            pinned=tree.pinned,
+            archived=tree.archived,
+            folder=folder,
+            source_id=tree.source_id,
+            metadata=tree.metadata,
+            origin=tree.origin,
+            created_at=tree.created_at,
+            updated_at=tree.updated_at,
+        )
+        # Ids in the file's order (sorted random ids): siblings with the same time keep their order, as the
+        # service's children are listed by (created_at, id).
+        new_ids = sorted(uuid.uuid4() for _ in tree.messages)
+        ids = {id(message): new_id for message, new_id in zip(tree.messages, new_ids, strict=True)}
+        rows = []
+        for message in tree.messages:
+            prompt, completion, total = message.usage or (None, None, None)
+            rows.append(
+                Message(
+                    id=ids[id(message)],
+                    conversation=conversation,
+                    parent_id=ids[id(message.parent)] if message.parent is not None else None,
+                    depth=message.depth,
+                    token_count=completion
+                    if completion is not None and message.role == Message.Role.ASSISTANT
+                    else llm.estimate_tokens(message.text),
+                    role=message.role,
+                    content=message.text,
+                    model=message.model if message.role == Message.Role.ASSISTANT else "",
+                    status=message.status,
+                    finish_details=message.finish if message.role == Message.Role.ASSISTANT else None,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    total_tokens=total,
+                    created_at=message.created_at,
+                )
+            )
+        Message.objects.bulk_create(rows, batch_size=2000)
+        if tree.current is not None:
+            conversation.current_node_id = ids[id(tree.current)]
+            conversation.save(update_fields=["current_node"])
+        ConversationTag.objects.bulk_create([ConversationTag(conversation=conversation, name=t) for t in tree.tags])
+    return conversation
