@@ -610,3 +610,25 @@ def test_the_import_command_refuses_bad_arguments(user, tmp_path, args, says):
     source.write_text("[]")
     with pytest.raises(CommandError, match=says):
         call_command("import_conversations", *[a.format(file=source) for a in args])
+
+
+def ndjson_of(user) -> bytes:
+    out = io.StringIO()
+    call_command("export_conversations", "--user", user.username, "--format", "ndjson", stdout=out)
+    return out.getvalue().encode()
+
+
+def test_our_own_export_imported_into_the_same_account_imports_nothing(api, user, client_for):
+    build_history(client_for(user), user)
+    imported(post_import(api, ndjson_of(user), "application/x-ndjson"), imported=0, skipped=3, errors=[])
+    assert Conversation.objects.filter(owner=user).count() == 3
+
+
+def test_an_ndjson_line_that_is_not_json_is_reported_and_the_next_ones_are_imported(api, user, other_user, client_for):
+    build_history(client_for(user), user)
+    lines = ndjson_of(user).splitlines()
+    body = b"\n".join([lines[0], b'{"title": "cut', *lines[1:]]) + b"\n"
+    other = client_for(other_user)
+    result = imported(post_import(other, body, "application/x-ndjson"), imported=3)
+    [error] = result["errors"]
+    assert error["index"] == 1 and "Line 2 is not JSON" in error["message"]
