@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--pg-db", default="chatapi_bench_history", help="the PostgreSQL database (dropped first)")
     parser.add_argument("--import-mb", type=float, default=100, help="size of the generated ChatGPT export (0: none)")
     parser.add_argument("--skip-search", action="store_true", help="only export and import")
+    parser.add_argument("--no-statistics", action="store_true", help="SQLite: no ANALYZE after the load")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="chatapi-bench-history-")
@@ -117,6 +118,10 @@ def main() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:  # what autovacuum would do after such a load: fresh statistics
             cursor.execute("ANALYZE")
+    elif not args.no_statistics:
+        from chatapi.db import statistics_refresh
+
+        statistics_refresh()  # what a worker does when it starts
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")

@@ -26,6 +26,7 @@ from django.db import close_old_connections, connection
 from django.db.models import Prefetch
 
 from accounts.models import User
+from chatapi.db import statistics_refresh
 from chatapi.errors import ApplicationError, InvalidRequest
 from chatapi.parsers import spool
 from conversations.models import Conversation, ConversationTag, Message
@@ -861,4 +862,6 @@ def import_file(
                 result.imported += 1
         if progress is not None:
             progress(result, source)
+    if result.imported:
+        statistics_refresh()  # the tables may have grown many times over
     return result
