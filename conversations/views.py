@@ -569,6 +569,23 @@ def _import_upload(request: Request) -> IO[bytes]:
 
 
 _EXPORT_BODY = {"type": "string", "format": "binary"}
+_CHATGPT_EXPORT = {
+    "type": "array",
+    "description": "Conversations in the shape of ChatGPT's conversations.json.",
+    "items": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "conversation_id": {"type": "string"},
+            "title": {"type": "string"},
+            "create_time": {"type": "number"},
+            "update_time": {"type": "number"},
+            "mapping": {"type": "object"},
+            "current_node": {"type": "string", "nullable": True},
+        },
+        "required": ["id", "title", "create_time", "update_time", "mapping", "current_node"],
+    },
+}
 _EXPORT_HEADERS = [
     OpenApiParameter(
         "Content-Disposition",
@@ -590,7 +607,7 @@ class TransferViewSet(viewsets.ViewSet):
         operation_id="conversations_export",
         parameters=[ExportQuery, *_EXPORT_HEADERS],
         responses={
-            (200, "application/json"): OpenApiResponse(_EXPORT_BODY, description="`format=chatgpt`."),
+            (200, "application/json"): OpenApiResponse(_CHATGPT_EXPORT, description="`format=chatgpt`."),
             (200, "application/x-ndjson"): OpenApiResponse(_EXPORT_BODY, description="`format=ndjson`."),
             **ERROR_RESPONSES,
         },
@@ -610,7 +627,7 @@ class TransferViewSet(viewsets.ViewSet):
         operation_id="conversations_export_one",
         parameters=[CONVERSATION_ID, ExportOneQuery, *_EXPORT_HEADERS],
         responses={
-            (200, "application/json"): OpenApiResponse(_EXPORT_BODY, description="`format=chatgpt`."),
+            (200, "application/json"): OpenApiResponse(_CHATGPT_EXPORT, description="`format=chatgpt`."),
             (200, "application/x-ndjson"): OpenApiResponse(_EXPORT_BODY, description="`format=ndjson`."),
             (200, "text/markdown"): OpenApiResponse(_EXPORT_BODY, description="`format=markdown`."),
             **ERROR_RESPONSES,
