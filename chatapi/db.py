@@ -9,6 +9,8 @@ from typing import Any, ParamSpec, TypeVar
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 
+from chatapi.worker import on_worker_start
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -43,3 +45,22 @@ class ConnectionReleasing:
         finally:
             if not connection.in_atomic_block:
                 close_old_connections()
+
+
+def statistics_refresh() -> None:
+    """SQLite: fresh statistics for its query planner (ANALYZE, sampled by analysis_limit: milliseconds).
+
+    SQLite keeps none by itself and Django never asks for them; without them the planner guesses that an owner
+    has a handful of conversations, so the list filtered by a tag read every one of the owner's conversations
+    instead of the tag's. PostgreSQL's autovacuum keeps its own. Run when a worker starts and after an import.
+    """
+    if connection.vendor != "sqlite":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA analysis_limit=1000")
+        cursor.execute("ANALYZE")
+
+
+@on_worker_start
+async def _statistics_at_start() -> None:
+    await db_work(statistics_refresh)()

@@ -112,10 +112,17 @@ def records_expired_purge_due() -> None:
 StreamReplay = Callable[[Request, uuid.UUID], Awaitable[HttpResponseBase]]
 
 
-def idempotent(replay_stream: StreamReplay | None = None, *, secret: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+def idempotent(
+    replay_stream: StreamReplay | None = None,
+    *,
+    secret: tuple[str, ...] = (),
+    fingerprint: Callable[[Request], str] = _fingerprint,
+) -> Callable[[Any], Any]:
     """Make a view method (async, or sync) honour `Idempotency-Key`. An async view marks a streamed answer's
     reply with `mark_reply(request, reply_id)`; `replay_stream` answers a repeat of it. The `secret` fields of
-    a body are never kept (a new API key is shown once): a repeat gets them as null."""
+    a body are never kept (a new API key is shown once): a repeat gets them as null. `fingerprint`: what tells
+    a repeat from a different request (by default the method, path and body; a view whose body may be larger
+    than memory gives its own)."""
 
     def decorate(handler: Any) -> Any:
         if not iscoroutinefunction(handler):
@@ -125,10 +132,10 @@ def idempotent(replay_stream: StreamReplay | None = None, *, secret: tuple[str, 
                 scoped = _key(request)
                 if scoped is None:
                     return handler(view, request, *args, **kwargs)
-                fingerprint = _fingerprint(request)
-                record, first = record_begin(api_key=scoped[1], key=scoped[0], fingerprint=fingerprint)
+                digest = fingerprint(request)
+                record, first = record_begin(api_key=scoped[1], key=scoped[0], fingerprint=digest)
                 if not first:
-                    return _repeat_done(record, fingerprint)
+                    return _repeat_done(record, digest)
                 try:
                     try:
                         response = handler(view, request, *args, **kwargs)
@@ -147,17 +154,17 @@ def idempotent(replay_stream: StreamReplay | None = None, *, secret: tuple[str, 
             scoped = _key(request)
             if scoped is None:
                 return await handler(view, request, *args, **kwargs)
-            fingerprint = _fingerprint(request)
-            record, first = await db_work(record_begin)(api_key=scoped[1], key=scoped[0], fingerprint=fingerprint)
+            digest = fingerprint(request)
+            record, first = await db_work(record_begin)(api_key=scoped[1], key=scoped[0], fingerprint=digest)
             if not first:
-                streamed = record.state == IdempotencyRecord.State.STREAMED and record.fingerprint == fingerprint
+                streamed = record.state == IdempotencyRecord.State.STREAMED and record.fingerprint == digest
                 if streamed and replay_stream is not None and record.reply_id is not None:
                     response = await replay_stream(request, record.reply_id)
                     for name, value in record.headers.items():
                         response[name] = value
                     response["Idempotent-Replayed"] = "true"
                     return response
-                return _repeat_done(record, fingerprint)
+                return _repeat_done(record, digest)
             try:
                 try:
                     response = await handler(view, request, *args, **kwargs)

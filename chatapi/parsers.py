@@ -9,15 +9,17 @@ form. Either way the service would store something other than what the client me
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import QueryDict
 from django.utils.http import parse_header_parameters
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import DataAndFiles, FormParser, MultiPartParser
+from rest_framework.parsers import BaseParser, DataAndFiles, FormParser, MultiPartParser
 
 
 def _encoding(parser_context: Mapping[str, Any] | None) -> str:
@@ -58,3 +60,32 @@ class StrictMultiPartParser(MultiPartParser):
         # The API takes text fields only (no file uploads), so the whole body must be text.
         _decoded(raw, _encoding(parser_context), "multipart body")
         return super().parse(io.BytesIO(raw), media_type, parser_context)
+
+
+def spool(source: IO[bytes], *, limit: int) -> IO[bytes]:
+    """`source` copied to a temporary file (in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, then on disk),
+    rewound; more than `limit` bytes is RequestDataTooBig (a 413)."""
+    target = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)  # noqa: SIM115
+    size = 0
+    while block := source.read(1 << 20):
+        size += len(block)
+        if size > limit:
+            target.close()
+            raise RequestDataTooBig(f"The body is larger than {limit} bytes.")
+        target.write(block)
+    target.seek(0)
+    return target
+
+
+class FileBodyParser(BaseParser):
+    """Any body, as the file `file`: for endpoints that take a whole file as their body (an import). It is
+    copied in pieces to a temporary file, never held whole in memory, up to CHATAPI_IMPORT_MAX_BYTES."""
+
+    media_type = "*/*"
+
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> DataAndFiles:
+        if stream is None:
+            return DataAndFiles({}, {})
+        return DataAndFiles({}, {"file": spool(stream, limit=settings.CHATAPI_IMPORT_MAX_BYTES)})

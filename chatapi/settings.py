@@ -167,6 +167,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Requests larger than this are refused with 413 before they are parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("CHATAPI_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+# An import (POST /conversations/import, import_conversations): at most this many bytes, uncompressed (a zip's
+# conversations.json is counted as it comes out, so a zip bomb is refused). Its body is not held in memory: past
+# FILE_UPLOAD_MAX_MEMORY_SIZE (Django's 2.5 MB) it is in a temporary file, and it is read incrementally.
+CHATAPI_IMPORT_MAX_BYTES = env_int("CHATAPI_IMPORT_MAX_BYTES", 1 << 30, minimum=1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

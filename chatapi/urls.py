@@ -30,7 +30,7 @@ from conversations.responses_api import (
     ResponseInputItemsView,
     ResponsesView,
 )
-from conversations.views import AttachmentView, ConversationViewSet, FolderViewSet, ReplyViewSet
+from conversations.views import AttachmentView, ConversationViewSet, FolderViewSet, ReplyViewSet, TransferViewSet
 
 handler400 = "chatapi.errors.bad_request_view"
 handler404 = "chatapi.errors.not_found_view"
@@ -48,6 +48,7 @@ conversations = ConversationViewSet.as_view
 replies = ReplyViewSet.as_view
 keys = APIKeyViewSet.as_view
 folders = FolderViewSet.as_view
+transfers = TransferViewSet.as_view
 CONV = ID.format("conversation_id")
 MSG = ID.format("message_id")
 RESP = ID.format("response_id")
@@ -58,12 +59,15 @@ urlpatterns = [
     api_route("conversations/all", conversations({"delete": "destroy_all"}), "conversation-all"),
     api_route("conversations/search", conversations({"get": "search"}), "conversation-search"),
     api_route("conversations/bulk", conversations({"post": "bulk"}), "conversation-bulk"),
+    api_route("conversations/export", transfers({"get": "export_all"}), "conversation-export"),
+    api_route("conversations/import", transfers({"post": "import_conversations"}), "conversation-import"),
     api_route(
         rf"conversations/{CONV}",
         conversations({"get": "retrieve", "patch": "partial_update", "delete": "destroy"}),
         "conversation-detail",
     ),
     api_route(rf"conversations/{CONV}/ask", replies({"post": "ask"}), "conversation-ask"),
+    api_route(rf"conversations/{CONV}/export", transfers({"get": "export_one"}), "conversation-export-one"),
     api_route(rf"conversations/{CONV}/messages", conversations({"get": "messages"}), "conversation-messages"),
     api_route(
         rf"conversations/{CONV}/messages/{MSG}/regenerate",

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlencode
 
 from adrf.viewsets import ViewSet as AsyncViewSet
 from django.conf import settings
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -25,8 +28,9 @@ from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import Conflict, InvalidRequest
 from chatapi.idempotency import idempotent, mark_reply, replayed_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
+from chatapi.parsers import FileBodyParser
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
-from conversations import generations, selectors, services, streaming
+from conversations import generations, selectors, services, streaming, transfer
 from conversations.models import Attachment, Conversation, Folder, Message
 from conversations.serializers import (
     AskInput,
@@ -38,10 +42,14 @@ from conversations.serializers import (
     ConversationNewInput,
     ConversationOutput,
     ConversationUpdateInput,
+    ExportOneQuery,
+    ExportQuery,
     FolderInput,
     FolderOutput,
     FolderUpdateInput,
     ForkInput,
+    ImportFileInput,
+    ImportOutput,
     MessageListQuery,
     MessageOutput,
     RegenerateInput,
@@ -565,3 +573,158 @@ class AttachmentView(APIView):
     )
     def get(self, request: AuthenticatedRequest, attachment_id: str) -> HttpResponseBase:
         return attachment_response(selectors.attachment_get_for_user(user=request.user, attachment_id=attachment_id))
+
+
+class _NoFormatOverride:
+    """DRF's negotiation settings without `?format=` as a renderer override: for the export, `format` is its own
+    parameter."""
+
+    URL_FORMAT_OVERRIDE = None
+
+
+class ExportNegotiation(StreamFriendlyNegotiation):
+    settings = _NoFormatOverride()  # type: ignore[assignment]
+
+
+def _export_response(request: AuthenticatedRequest, fmt: str, conversation: Conversation | None) -> HttpResponseBase:
+    """The export as a stream (an async iterator: one thread hop a page of conversations, not a chunk), with a
+    filename to save it under."""
+    if fmt == "markdown" and conversation is not None:
+        response: HttpResponseBase = HttpResponse(
+            transfer.markdown_for(conversation=conversation), content_type="text/markdown; charset=utf-8"
+        )
+    else:
+        chunks = transfer.export_stream(
+            user=request.user, fmt=fmt, conversation_id=conversation.pk if conversation else None
+        )
+        response = StreamingHttpResponse(chunks, content_type=transfer.CONTENT_TYPES[fmt])
+    filename = transfer.export_filename(fmt, conversation=conversation)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _import_fingerprint(request: Request) -> str:
+    """The import's file by content (read once more from its temporary file), so that a body larger than memory
+    can carry an Idempotency-Key."""
+    digest = hashlib.sha256(f"{request.method} {request.path.rstrip('/')}\n".encode())
+    upload = _import_upload(request)
+    for block in iter(lambda: upload.read(1 << 20), b""):
+        digest.update(block)
+    upload.seek(0)
+    return digest.hexdigest()
+
+
+def _import_upload(request: Request) -> IO[bytes]:
+    upload = request.FILES.get("file")
+    if upload is None:
+        raise InvalidRequest(
+            "Send the export as the request body, or as the multipart field `file`.", code="no_file", param="file"
+        )
+    if getattr(upload, "size", 0) > settings.CHATAPI_IMPORT_MAX_BYTES:
+        raise RequestDataTooBig("The file is larger than CHATAPI_IMPORT_MAX_BYTES.")
+    upload.seek(0)
+    return upload
+
+
+_EXPORT_BODY = {"type": "string", "format": "binary"}
+_CHATGPT_EXPORT = {
+    "type": "array",
+    "description": "Conversations in the shape of ChatGPT's conversations.json.",
+    "items": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "conversation_id": {"type": "string"},
+            "title": {"type": "string"},
+            "create_time": {"type": "number"},
+            "update_time": {"type": "number"},
+            "mapping": {"type": "object"},
+            "current_node": {"type": "string", "nullable": True},
+        },
+        "required": ["id", "title", "create_time", "update_time", "mapping", "current_node"],
+    },
+}
+_EXPORT_HEADERS = [
+    OpenApiParameter(
+        "Content-Disposition",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        response=[200],
+        description='`attachment; filename="…"`: the name to save the export under.',
+    )
+]
+
+
+class TransferViewSet(viewsets.ViewSet):
+    """Export and import of the caller's history."""
+
+    content_negotiation_class = ExportNegotiation
+    parser_classes = [MultiPartParser, FileBodyParser]
+
+    @extend_schema(
+        operation_id="conversations_export",
+        parameters=[ExportQuery, *_EXPORT_HEADERS],
+        responses={
+            (200, "application/json"): OpenApiResponse(_CHATGPT_EXPORT, description="`format=chatgpt`."),
+            (200, "application/x-ndjson"): OpenApiResponse(_EXPORT_BODY, description="`format=ndjson`."),
+            **ERROR_RESPONSES,
+        },
+        description=(
+            "All the caller's conversations, every branch and every message, streamed: `chatgpt` is a JSON array "
+            "in the shape of ChatGPT's conversations.json (epoch times, `mapping`, `current_node`; a system prompt "
+            "is a hidden system root, as ChatGPT's are); `ndjson` is one conversation object a line, as "
+            "`GET /conversations/{id}` shows it plus its stored `model`, `folder`, `metadata`, `origin` and "
+            "`source_id`: lossless. Either imports back with `POST /conversations/import`."
+        ),
+    )
+    def export_all(self, request: AuthenticatedRequest) -> HttpResponseBase:
+        query = _validated(ExportQuery, request.query_params)
+        return _export_response(request, query["format"], None)
+
+    @extend_schema(
+        operation_id="conversations_export_one",
+        parameters=[CONVERSATION_ID, ExportOneQuery, *_EXPORT_HEADERS],
+        responses={
+            (200, "application/json"): OpenApiResponse(_CHATGPT_EXPORT, description="`format=chatgpt`."),
+            (200, "application/x-ndjson"): OpenApiResponse(_EXPORT_BODY, description="`format=ndjson`."),
+            (200, "text/markdown"): OpenApiResponse(_EXPORT_BODY, description="`format=markdown`."),
+            **ERROR_RESPONSES,
+        },
+        description="One conversation, as the whole export has it, or as Markdown (its current branch).",
+    )
+    def export_one(self, request: AuthenticatedRequest, conversation_id: str) -> HttpResponseBase:
+        conversation = _conversation(request, conversation_id)
+        query = _validated(ExportOneQuery, request.query_params)
+        return _export_response(request, query["format"], conversation)
+
+    @extend_schema(
+        operation_id="conversations_import",
+        request={
+            "application/json": {"type": "string", "format": "binary"},
+            "application/zip": {"type": "string", "format": "binary"},
+            "application/x-ndjson": {"type": "string", "format": "binary"},
+            "application/octet-stream": {"type": "string", "format": "binary"},
+            "multipart/form-data": ImportFileInput,
+        },
+        responses={
+            200: ImportOutput,
+            409: OpenApiResponse(ErrorOutput, description="The first request with this Idempotency-Key is running."),
+            413: OpenApiResponse(ErrorOutput, description="Larger than CHATAPI_IMPORT_MAX_BYTES (uncompressed)."),
+            422: OpenApiResponse(ErrorOutput, description="An Idempotency-Key reused with another file."),
+            **{code: r for code, r in ERROR_RESPONSES.items() if code != 413},
+        },
+        description=(
+            "Import a ChatGPT export (its conversations.json, or the zip that holds it) or this service's NDJSON, "
+            "as the body or the multipart field `file`. Branches, `current_node`, roles and times are kept; "
+            "ChatGPT's hidden nodes (empty roots, hidden system messages, tools' calls and outputs) are left out, "
+            "and a hidden system message's text becomes the system prompt. Each conversation is imported in its "
+            "own transaction: a malformed one goes in `errors` and the others are still imported. Importing the "
+            "same file again imports nothing (`skipped`). A body that is not JSON, or a zip without "
+            "conversations.json, is a `400`."
+        ),
+    )
+    @idempotent(fingerprint=_import_fingerprint)
+    def import_conversations(self, request: AuthenticatedRequest) -> Response:
+        upload = _import_upload(request)
+        result = transfer.import_file(owner=request.user, upload=upload)
+        return Response(result.as_dict())

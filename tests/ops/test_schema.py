@@ -174,3 +174,15 @@ def test_list_pagination_headers_are_documented(schema, api):
     response = api.get("/conversations?limit=1")
     assert response["X-Total-Count"] == "2"
     assert 'rel="next"' in response["Link"]
+
+
+def test_export_and_import_are_documented_with_their_bodies(schema):
+    export = schema["paths"]["/conversations/export"]["get"]["responses"]["200"]["content"]
+    assert export["application/json"]["schema"]["type"] == "array"  # ChatGPT's conversations.json
+    assert export["application/x-ndjson"]["schema"] == {"type": "string", "format": "binary"}
+    one = schema["paths"]["/conversations/{conversation_id}/export"]["get"]["responses"]["200"]["content"]
+    assert set(one) == {"application/json", "application/x-ndjson", "text/markdown"}
+    body = schema["paths"]["/conversations/import"]["post"]["requestBody"]["content"]
+    assert body["application/zip"]["schema"] == {"type": "string", "format": "binary"}
+    assert "multipart/form-data" in body
+    assert "413" in schema["paths"]["/conversations/import"]["post"]["responses"]
