@@ -29,7 +29,7 @@ from accounts.models import User
 from chatapi.db import statistics_refresh
 from chatapi.errors import ApplicationError, InvalidRequest
 from chatapi.parsers import spool
-from conversations.models import Conversation, ConversationTag, Message
+from conversations.models import Attachment, Conversation, ConversationTag, Message
 from conversations.selectors import message_path_get
 from conversations.serializers import ConversationOutput
 
@@ -64,8 +64,9 @@ class ExportedMessage:
         "completion_tokens",
         "total_tokens",
         "created_at",
+        "attachments_made",
     )
-    COLUMNS = __slots__
+    COLUMNS = __slots__[:-1]  # read from the message's row; its attachments come from a query of their own
 
     def __init__(self, row: tuple[Any, ...], text: Callable[[Any], str], moment: Callable[[Any], datetime]) -> None:
         (pk, conversation, parent, *rest, created) = row
@@ -82,6 +83,10 @@ class ExportedMessage:
             self.total_tokens,
         ) = rest
         self.created_at = moment(created)
+        self.attachments_made: list[Attachment] = []
+
+    def attachment_list(self) -> list[Attachment]:
+        return self.attachments_made
 
 
 @dataclass
@@ -137,6 +142,10 @@ def export_page(
                 for row in rows:
                     message = ExportedMessage(row, text, moment)
                     by_id[message.conversation_id].append(message)
+        replies = {m.pk: m for conversation_messages in by_id.values() for m in conversation_messages}
+        for attachment in Attachment.objects.filter(conversation__in=[c.pk for c in page]):
+            if (reply := replies.get(str(attachment.message_id))) is not None:
+                reply.attachments_made.append(attachment)
     return [ExportedConversation(c, by_id[str(c.pk)]) for c in page]
 
 

@@ -120,6 +120,8 @@ def test_failed_admin_keys_are_counted_across_workers(cluster):
             f"{url}/admin/users/add", json={"admin_key": key}, headers={"X-Forwarded-For": address}, timeout=30
         )
 
+    if 60 - time.time() % 60 < 10:  # all of it within one minute's window
+        time.sleep(60 - time.time() % 60)
     guesser = f"10.9.{os.getpid() % 256}.{int(time.time()) % 256}"
     statuses = [add(cluster.urls[i % 2], "guess", guesser).status_code for i in range(4)]
     assert statuses == [401] * 4

@@ -13,7 +13,7 @@ import pytest
 from django.core.management import call_command
 
 from accounts.services import api_key_create
-from conversations.models import Conversation, ConversationTag, Folder, Message
+from conversations.models import Attachment, Conversation, ConversationTag, Folder, Message
 from conversations.services import conversation_create, conversation_update
 
 pytestmark = pytest.mark.django_db
@@ -549,6 +549,30 @@ def test_one_conversation_exports_in_each_format(http, user, other_user, client_
     not_mine = conversation_create(owner=other_user, title="Theirs")
     response = http.get(f"{http.base_url}/conversations/{not_mine.pk}/export", timeout=30)
     assert response.status_code == 404
+
+
+def test_the_ndjson_export_lists_the_files_a_reply_made(http, user, client_for):
+    build_history(client_for(user), user)
+    cats = Conversation.objects.get(owner=user, pinned=True)
+    reply = cats.messages.filter(role=Message.Role.ASSISTANT).first()
+    assert reply is not None
+    made = Attachment.objects.create(
+        message=reply,
+        conversation=cats,
+        kind="image",
+        content_type="image/png",
+        size=68,
+        source_text="a cat",
+        file="attachments/cat.png",
+    )
+
+    [line] = export(http, f"/conversations/{cats.pk}/export", format="ndjson").content.decode().splitlines()
+
+    listed = {node["id"]: node["message"]["attachments"] for node in json.loads(line)["mapping"].values()}
+    assert listed[str(reply.pk)] == [
+        {"id": str(made.pk), "content_type": "image/png", "size": 68, "url": f"/attachments/{made.pk}"}
+    ]
+    assert sum(len(files) for files in listed.values()) == 1
 
 
 @pytest.mark.parametrize("params", [{"format": "csv"}, {"format": "markdown"}])
