@@ -499,6 +499,16 @@ def _final(pk: uuid.UUID, echo: dict[str, Any] | None) -> dict[str, Any] | None:
     return _response_of(reply, echo)
 
 
+def _final_of(
+    generation: generations.Generation | None, turn: Turn | None, echo: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The ended response from this worker's own generation (its outcome is settled before its last event goes
+    out), or None when the database must say (another worker's, or a failure's stored reply)."""
+    if generation is None or turn is None or not generation.outcome.done() or generation.outcome.exception():
+        return None
+    return response_object(generation.outcome.result(), turn, echo=echo)
+
+
 async def response_sse(
     reply: Message,
     first: dict[str, Any],
@@ -506,9 +516,12 @@ async def response_sse(
     starting_after: int = -1,
     echo: dict[str, Any] | None = None,
     generation: generations.Generation | None = None,
+    turn: Turn | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """A stored response's typed events after `starting_after`, live to its end, from any worker. `first`:
-    the response object as it was when it started (in progress, no text)."""
+    the response object as it was when it started (in progress, no text). With the `generation` this worker
+    runs and the response's `turn`, its end is told from the stored reply the generation hands back, without
+    reading the reply and its turn again."""
     last_sent = time.monotonic()
     last = starting_after
     try:
@@ -521,7 +534,7 @@ async def response_sse(
                     continue
                 response: dict[str, Any] | None = first
                 if event.name not in ("created", "delta"):
-                    response = await db_work(_final)(reply.pk, echo)
+                    response = _final_of(generation, turn, echo) or await db_work(_final)(reply.pk, echo)
                 if response is None:  # not ended: its events cannot be read (no Redis, or it is down)
                     if event.seq + 2 > last:
                         yield _error_event(event.seq + 2, event.data.get("error", {}))
@@ -829,9 +842,9 @@ STREAM_DESCRIPTION = (
 RESPONSE_ERRORS = {**OPENAI_ERRORS, 404: OpenApiResponse(OpenAIError, description="No such response of the caller's.")}
 
 
-def _response_started(reply: Message, echo: dict[str, Any] | None = None) -> dict[str, Any]:
+def _response_started(reply: Message, echo: dict[str, Any] | None = None, turn: Turn | None = None) -> dict[str, Any]:
     """The response object as its stream's first events show it: in progress, with no output yet."""
-    body = _response_of(reply, echo)
+    body = response_object(reply, turn or turn_of(reply), echo=echo)
     body.update(status="in_progress", error=None, incomplete_details=None, output=[], usage=None)
     return body
 
@@ -894,9 +907,10 @@ class ResponsesView(LimitHeadersMixin, OpenAIView, ConnectionReleasing, AsyncAPI
         )
         if create.stream:
             # As OpenAI's response.created shows it (output: []), and as a resumed or repeated stream does.
-            first = await db_work(_response_started)(reply, create.echo)
+            turn = await db_work(turn_of)(reply)
+            first = _response_started(reply, create.echo, turn)
             mark_reply(request, reply.pk)  # a repeat with its Idempotency-Key gets this response's events
-            return _sse_response(response_sse(reply, first, echo=create.echo, generation=generation))
+            return _sse_response(response_sse(reply, first, echo=create.echo, generation=generation, turn=turn))
         if not create.background:
             reply = await generations.generation_outcome(generation)
         return Response(await db_work(_response_of)(reply, create.echo))

@@ -138,6 +138,7 @@ def test_streaming_sends_openais_typed_events_numbered_one_by_one(sdk, backend):
     final = events[-1].response
     assert final.status == "completed" and final.output_text == WORDS
     assert Message.objects.get(pk=_uuid(final.id)).content == WORDS
+    assert final.model_dump() == sdk.responses.retrieve(final.id).model_dump()  # the stored response, as it is
 
 
 def test_a_stream_resumes_after_any_sequence_number(sdk, backend):
