@@ -8,20 +8,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import APIKey
-from accounts.services import api_key_create
 from conversations.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def key(user) -> str:
-    return api_key_create(user=user, name="sdk")[1]
-
-
-@pytest.fixture
-def sdk(live_url, key) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
 def test_chat_completion_through_the_sdk_stores_nothing_but_counts_usage(sdk, backend, key):

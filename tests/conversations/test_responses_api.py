@@ -17,21 +17,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 WORDS = "one two three four five six seven eight"
 
 
-@pytest.fixture
-def key(user) -> str:
-    return api_key_create(user=user, name="sdk")[1]
-
-
-@pytest.fixture
-def sdk(live_url, key) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_url}/v1", api_key=key, max_retries=0, timeout=20)
-
-
-@pytest.fixture
-def other_sdk(live_url, other_user) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{live_url}/v1", api_key=api_key_create(user=other_user)[1], max_retries=0)
-
-
 def _uuid(prefixed: str) -> str:
     return prefixed.split("_", 1)[1]
 
