@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
@@ -115,6 +116,12 @@ class APIKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.name or 'unnamed'})"
+
+    def clean(self) -> None:
+        """A changed key's budget keeps its period (a new key's is filled in from the defaults)."""
+        super().clean()
+        if not self._state.adding and self.budget_tokens and not self.budget_period:
+            raise ValidationError({"budget_period": "A token budget needs a budget period."})
 
     @property
     def prefix(self) -> str:

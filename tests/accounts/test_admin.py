@@ -208,6 +208,18 @@ def test_api_key_change_page_edits_only_the_limits(admin, user):
     assert (api_key.name, api_key.rpm, api_key.max_parallel, api_key.tpm) == ("laptop", 5, 2, None)
 
 
+def test_a_changed_budget_without_its_period_is_a_form_error(admin, user):
+    api_key, _ = api_key_create(user=user, limits={"budget_tokens": 1000, "budget_period": "day"})
+
+    data = {"rpm": "", "tpm": "", "max_parallel": "", "budget_tokens": "1000", "budget_period": ""}
+    response = admin.post(f"/admin/accounts/apikey/{api_key.pk}/change/", data)
+
+    assert response.status_code == 200  # the form again, with the error, not a 500
+    assert "A token budget needs a budget period." in response.content.decode()
+    api_key.refresh_from_db()
+    assert (api_key.budget_tokens, api_key.budget_period) == (1000, "day")
+
+
 def test_api_keys_cannot_be_deleted(admin, user):
     api_key, _ = api_key_create(user=user)
 
