@@ -25,11 +25,10 @@ from chatapi.errors import InvalidRequest
 from chatapi.idempotency import idempotent
 from conversations import generations, selectors, services
 from conversations.models import Conversation, Message
-from conversations.openai_api import OPENAI_ERRORS, OpenAIError
+from conversations.openai_api import OPENAI_ERRORS, OpenAIError, OpenAIView
 from conversations.responses_api import (
     MESSAGE_ITEM_SCHEMA,
     MetadataField,
-    OpenAIView,
     conversation_id,
     enum_field,
     item_list,

@@ -384,7 +384,9 @@ async def _event_stream(content: AsyncGenerator[bytes, None], conversation_id: s
 # --- views ----------------------------------------------------------------------------------
 
 
-class _OpenAIView(APIView):
+class OpenAIView(APIView):
+    """The /v1 views: JSON in, OpenAI's error body out."""
+
     parser_classes = [JSONParser]
     content_negotiation_class = StreamFriendlyNegotiation
 
@@ -490,7 +492,7 @@ CHAT_COMPLETION_200 = (
 )
 
 
-class ChatCompletionsView(LimitHeadersMixin, _OpenAIView, ConnectionReleasing, AsyncAPIView):
+class ChatCompletionsView(LimitHeadersMixin, OpenAIView, ConnectionReleasing, AsyncAPIView):
     @extend_schema(
         operation_id="openai_chat_completions",
         request=ChatCompletionRequest,
@@ -599,13 +601,13 @@ def _model(name: str) -> dict[str, Any]:
     }
 
 
-class ModelListView(_OpenAIView):
+class ModelListView(OpenAIView):
     @extend_schema(operation_id="openai_models_list", responses={200: ModelListOutput, **OPENAI_ERRORS})
     def get(self, request: Request) -> Response:
         return Response({"object": "list", "data": [_model(name) for name in settings.CHATAPI_MODELS]})
 
 
-class ModelDetailView(_OpenAIView):
+class ModelDetailView(OpenAIView):
     @extend_schema(
         operation_id="openai_models_retrieve",
         parameters=[OpenApiParameter("model", OpenApiTypes.STR, OpenApiParameter.PATH)],

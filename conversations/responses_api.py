@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +24,8 @@ from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts.authentication import AuthenticatedRequest
 from accounts.limits import LimitHeadersMixin, limit_admit
@@ -36,12 +34,11 @@ from chatapi.db import ConnectionReleasing, db_work
 from chatapi.errors import ApplicationError, InvalidRequest, NotFound
 from chatapi.idempotency import idempotent, mark_reply, replayed_reply
 from chatapi.ids import parse_uuid
-from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.schema import event_stream
 from conversations import generations, llm, selectors, services, streaming
 from conversations.events import Event
 from conversations.models import Message
-from conversations.openai_api import OPENAI_ERRORS, OpenAIError, openai_exception_handler
+from conversations.openai_api import OPENAI_ERRORS, OpenAIError, OpenAIView
 from conversations.services import TurnInput
 from conversations.views import api_key_id
 
@@ -623,14 +620,6 @@ async def stateless_sse(
 
 
 # --- views ----------------------------------------------------------------------------------
-
-
-class OpenAIView(APIView):
-    parser_classes = [JSONParser]
-    content_negotiation_class = StreamFriendlyNegotiation
-
-    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response]:
-        return openai_exception_handler
 
 
 def _sse_response(content: AsyncGenerator[bytes, None]) -> HttpResponseBase:
