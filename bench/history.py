@@ -5,6 +5,10 @@ user, and the import of a generated ChatGPT export of 100 MB.
     .venv/bin/python bench/history.py --pg            # PostgreSQL (postgres://postgres@127.0.0.1:5432/chatapi_bench_history)
     .venv/bin/python bench/history.py --import-mb 20  # a smaller import (0: none)
 
+The history is stored as it would have been made: conversations started over 18 months, oldest first, each
+message a few seconds (a reply) or minutes (the next prompt) after the one before it, and now and then hours or
+days later (the user came back to it); a conversation's `updated_at` is its last message's time.
+
 Requests go through the whole Django stack in process (authentication, views, serializers), without a
 server: what is measured is the database work and the service's own code. Prints p50/p95 in ms. The export
 goes through Django's ASGI handler (AsyncClient), as it is served, and is read chunk by chunk; messages/s is
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,9 +98,25 @@ def main() -> None:
 
     started = time.perf_counter()
     now = timezone.now()
+    clock = random.Random(2)  # the times: a generator of their own, so that the texts stay those of earlier runs
+    starts = sorted(clock.uniform(30, 540) for _ in range(args.conversations))  # days ago: 18 months of use
     for c in range(args.conversations):
+        t = now - timedelta(days=starts[-1 - c])
+        times = []
+        for m in range(args.messages):
+            times.append(min(t, now))
+            if m % 2 == 0:  # the reply comes in seconds
+                t += timedelta(seconds=clock.uniform(3, 60))
+            elif clock.random() < 0.05:  # the user comes back to it hours or days later
+                t += timedelta(hours=clock.uniform(1, 24 * 7))
+            else:  # the next prompt: reading, then typing
+                t += timedelta(seconds=clock.expovariate(1 / 120))
         conversation = Conversation.objects.create(
-            owner=user, title=" ".join(rng.choices(vocabulary, weights, k=4)), pinned=c % 50 == 0
+            owner=user,
+            title=" ".join(rng.choices(vocabulary, weights, k=4)),
+            pinned=c % 50 == 0,
+            created_at=times[0],
+            updated_at=times[-1],
         )
         messages, parent = [], None
         for m in range(args.messages):
@@ -106,7 +127,7 @@ def main() -> None:
                 parent=parent,
                 role=Message.Role.USER if m % 2 == 0 else Message.Role.ASSISTANT,
                 content=" ".join(words),
-                created_at=now,
+                created_at=times[m],
             )
             messages.append(parent)
         Message.objects.bulk_create(messages)

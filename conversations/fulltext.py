@@ -28,6 +28,10 @@ MARK_START, MARK_END = "\x02", "\x03"
 
 MAX_TERMS = 32
 
+# The most results one search gives. Ranking reads every match it ranks, so when more match, the newest
+# MAX_RESULTS messages and the newest MAX_RESULTS titles that match are ranked (see search_for_user).
+MAX_RESULTS = 1000
+
 SQLITE_TABLES = {
     # fts table: (content table, content column)
     "conversations_message_fts": ("conversations_message", "content"),

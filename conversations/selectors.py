@@ -396,8 +396,14 @@ class SearchHit:
 
 @dataclass
 class SearchPage:
-    total: int
+    total: int  # the results that can be paged through: at most fulltext.MAX_RESULTS
     hits: list[SearchHit]
+    capped: bool = False  # more matched than fulltext.MAX_RESULTS: only the newest were ranked
+
+
+# A match before its snippet: kind ("m" a message, "c" a title), its key (the rowid on SQLite, the id on
+# PostgreSQL), its rank (higher is better).
+Candidate = tuple[str, Any, float]
 
 
 def search_for_user(
@@ -412,49 +418,69 @@ def search_for_user(
 ) -> SearchPage:
     """The user's messages and conversation titles that match the web-search query `q`, best first.
 
-    A query with nothing to look for (only operators, only excluded words) finds nothing.
+    Ranking needs every match read, so it is bounded: of the messages, and of the titles, the newest
+    fulltext.MAX_RESULTS that match are ranked, and the best fulltext.MAX_RESULTS of them are the results (a
+    word found in most messages would otherwise have each search read the whole history). A query with
+    nothing to look for (only operators, only excluded words) finds nothing.
     """
     query = fulltext.web_query_parse(q)
     if query.empty:
         return SearchPage(total=0, hits=[])
     conversations = conversation_filter_for_user(user=user, archived=archived, tag=tag, folder_id=folder_id)
     if connection.vendor == "postgresql":
-        return _search_postgres(q, conversations, limit, offset)
-    return _search_sqlite(query.fts5(), conversations, limit, offset)
+        candidates = _search_candidates_postgres(q, conversations)
+    else:
+        candidates = _search_candidates_sqlite(query.fts5(), conversations)
+    ranked, capped = _search_ranked(candidates)
+    page = ranked[offset : offset + limit]
+    if connection.vendor == "postgresql":
+        snippets = _search_snippets_postgres(q, page)
+    else:
+        snippets = _search_snippets_sqlite(query.fts5(), page)
+    return SearchPage(total=len(ranked), hits=_search_hits(snippets), capped=capped)
 
 
-def _search_sqlite(match: str, conversations: QuerySet[Conversation], limit: int, offset: int) -> SearchPage:
-    # FTS5's MATCH, bm25() and snippet() are SQL the ORM cannot say. The page is chosen first from rowids
-    # and ranks alone; snippets are made for its rows only.
+def _search_ranked(candidates: list[list[Candidate]]) -> tuple[list[Candidate], bool]:
+    """The best fulltext.MAX_RESULTS of the candidates of each kind (newest first, one more than
+    MAX_RESULTS when there are more), best first, and whether more matched than are ranked."""
+    capped = False
+    ranked: list[Candidate] = []
+    for newest in candidates:
+        capped = capped or len(newest) > fulltext.MAX_RESULTS
+        ranked += newest[: fulltext.MAX_RESULTS]
+    ranked.sort(key=lambda row: (-row[2], row[0], str(row[1])))  # ties: any fixed order (str: UUIDs compare slowly)
+    return ranked[: fulltext.MAX_RESULTS], capped or len(ranked) > fulltext.MAX_RESULTS
+
+
+# SQLite: FTS5's MATCH, bm25() and snippet() are SQL the ORM cannot say.
+_SQLITE_SEARCHED = (
+    # kind, fts table, content table, the column that ties it to the user's conversations
+    ("m", "conversations_message_fts", "conversations_message", "conversation_id"),
+    ("c", "conversations_conversation_fts", "conversations_conversation", "id"),
+)
+
+
+def _search_candidates_sqlite(match: str, conversations: QuerySet[Conversation]) -> list[list[Candidate]]:
+    # Newest first is the index's own order (rowids grow as rows are stored): FTS5 stops after the LIMIT,
+    # so bm25() is computed for the candidates only.
     in_sql, in_params = conversations.values("pk").query.sql_with_params()
-    ranked = f"""
-        SELECT 'm' AS kind, conversations_message_fts.rowid AS rid, bm25(conversations_message_fts) AS score
-        FROM conversations_message_fts JOIN conversations_message m ON m.rowid = conversations_message_fts.rowid
-        WHERE conversations_message_fts MATCH %s AND m.conversation_id IN ({in_sql})
-        UNION ALL
-        SELECT 'c', conversations_conversation_fts.rowid, bm25(conversations_conversation_fts)
-        FROM conversations_conversation_fts
-        JOIN conversations_conversation c ON c.rowid = conversations_conversation_fts.rowid
-        WHERE conversations_conversation_fts MATCH %s AND c.id IN ({in_sql})
-    """
-    params = [match, *in_params, match, *in_params]
+    candidates = []
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT kind, rid, score, COUNT(*) OVER () FROM ({ranked}) ORDER BY score, kind, rid LIMIT %s OFFSET %s",
-            [*params, limit, offset],
-        )
-        rows = cursor.fetchall()
-        if rows:
-            total = rows[0][3]
-        else:
-            cursor.execute(f"SELECT COUNT(*) FROM ({ranked})", params)
-            total = cursor.fetchone()[0]
-        found: dict[tuple[str, int], tuple[uuid.UUID, str]] = {}
-        for kind, fts, table in (
-            ("m", "conversations_message_fts", "conversations_message"),
-            ("c", "conversations_conversation_fts", "conversations_conversation"),
-        ):
-            rids = [rid for row_kind, rid, _, _ in rows if row_kind == kind]
+        for kind, fts, table, column in _SQLITE_SEARCHED:
+            cursor.execute(
+                f"""SELECT {fts}.rowid, bm25({fts}) FROM {fts} JOIN {table} t ON t.rowid = {fts}.rowid
+                WHERE {fts} MATCH %s AND t.{column} IN ({in_sql}) ORDER BY {fts}.rowid DESC LIMIT %s""",
+                [match, *in_params, fulltext.MAX_RESULTS + 1],
+            )
+            candidates.append([(kind, rid, -score) for rid, score in cursor.fetchall()])
+    return candidates
+
+
+def _search_snippets_sqlite(match: str, page: list[Candidate]) -> list[tuple[str, uuid.UUID, float, str]]:
+    found: dict[tuple[str, int], tuple[uuid.UUID, str]] = {}
+    with connection.cursor() as cursor:
+        for kind, fts, table, _ in _SQLITE_SEARCHED:
+            rids = [rid for row_kind, rid, _ in page if row_kind == kind]
             if not rids:
                 continue
             snippet = f"snippet({fts}, 0, '{fulltext.MARK_START}', '{fulltext.MARK_END}', '…', 24)"
@@ -464,12 +490,12 @@ def _search_sqlite(match: str, conversations: QuerySet[Conversation], limit: int
                 [match, *rids],
             )
             found.update({(kind, rid): (uuid.UUID(str(pk)), text) for rid, pk, text in cursor.fetchall()})
-    page = []
-    for kind, rid, score, _ in rows:
+    page_found = []
+    for kind, rid, rank in page:
         if (kind, rid) in found:  # else deleted meanwhile
             pk, text = found[(kind, rid)]
-            page.append((kind, pk, -float(score), text))
-    return SearchPage(total=total, hits=_search_hits(page))
+            page_found.append((kind, pk, rank, text))
+    return page_found
 
 
 def _search_hits(page: list[tuple[str, uuid.UUID, float, str]]) -> list[SearchHit]:
@@ -517,33 +543,49 @@ def _search_hits(page: list[tuple[str, uuid.UUID, float, str]]) -> list[SearchHi
     return hits
 
 
-def _search_postgres(q: str, conversations: QuerySet[Conversation], limit: int, offset: int) -> SearchPage:
-    from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVectorField
-    from django.db.models import CharField, F, Value
+def _search_document(model: type[Message] | type[Conversation]) -> RawSQL:
+    from django.contrib.postgres.search import SearchVectorField
 
-    query = SearchQuery(q, search_type="websearch", config=fulltext.PG_CONFIG)
+    # The stored generated column (migration 0007), which the models do not declare.
+    return RawSQL(f'"{model._meta.db_table}"."search_vector"', [], output_field=SearchVectorField())
 
-    def document(model: type[Message] | type[Conversation]) -> RawSQL:
-        # The stored generated column (migration 0006), which the models do not declare.
-        return RawSQL(f'"{model._meta.db_table}"."search_vector"', [], output_field=SearchVectorField())
 
-    def matching(queryset: QuerySet[Any], kind: str, model: type[Message] | type[Conversation]) -> QuerySet[Any]:
-        return (
-            queryset.alias(document=document(model))
+def _search_query_postgres(q: str) -> Any:
+    from django.contrib.postgres.search import SearchQuery
+
+    return SearchQuery(q, search_type="websearch", config=fulltext.PG_CONFIG)
+
+
+def _search_candidates_postgres(q: str, conversations: QuerySet[Conversation]) -> list[list[Candidate]]:
+    from django.contrib.postgres.search import SearchRank
+    from django.db.models import F
+
+    query = _search_query_postgres(q)
+    candidates = []
+    for kind, queryset in (
+        ("m", Message.objects.filter(conversation__in=conversations)),
+        ("c", conversations),
+    ):
+        # Newest first: walked in the (created_at, id) indexes of migration 0010 when most rows match, so
+        # that ts_rank() reads only the candidates; the planner takes the GIN index when few do.
+        newest = (
+            queryset.alias(document=_search_document(queryset.model))
             .filter(document=query)
-            .annotate(kind=Value(kind, output_field=CharField()), rank=SearchRank(F("document"), query))
-            .values("kind", "pk", "rank")
-            .order_by()  # not the models' default ordering: the union is sorted by rank
+            .annotate(rank=SearchRank(F("document"), query))
+            .order_by("-created_at", "-pk")
+            .values_list("pk", "rank")[: fulltext.MAX_RESULTS + 1]
         )
+        candidates.append([(kind, pk, float(rank)) for pk, rank in newest])
+    return candidates
 
-    messages = matching(Message.objects.filter(conversation__in=conversations), "m", Message)
-    titles = matching(conversations, "c", Conversation)
-    ranked = messages.union(titles, all=True)
-    total = ranked.count()
-    rows = list(ranked.order_by("-rank", "kind", "pk")[offset : offset + limit]) if total > offset else []
+
+def _search_snippets_postgres(q: str, page: list[Candidate]) -> list[tuple[str, uuid.UUID, float, str]]:
+    from django.contrib.postgres.search import SearchHeadline
+
+    query = _search_query_postgres(q)
     headlines: dict[tuple[str, uuid.UUID], str] = {}
     for kind, model, column in (("m", Message, "content"), ("c", Conversation, "title")):
-        ids = [row["pk"] for row in rows if row["kind"] == kind]
+        ids = [pk for row_kind, pk, _ in page if row_kind == kind]
         if ids:
             headline = SearchHeadline(
                 column,
@@ -556,9 +598,4 @@ def _search_postgres(q: str, conversations: QuerySet[Conversation], limit: int, 
             )
             for pk, text in model.objects.filter(pk__in=ids).annotate(headline=headline).values_list("pk", "headline"):
                 headlines[(kind, pk)] = text
-    page = [
-        (row["kind"], row["pk"], float(row["rank"]), headlines[(row["kind"], row["pk"])])
-        for row in rows
-        if (row["kind"], row["pk"]) in headlines
-    ]
-    return SearchPage(total=total, hits=_search_hits(page))
+    return [(kind, pk, rank, headlines[(kind, pk)]) for kind, pk, rank in page if (kind, pk) in headlines]

@@ -30,7 +30,7 @@ from chatapi.idempotency import idempotent, mark_reply, replayed_reply
 from chatapi.negotiation import StreamFriendlyNegotiation
 from chatapi.parsers import FileBodyParser
 from chatapi.schema import CONFLICT, ERROR_RESPONSES, ErrorOutput, event_stream
-from conversations import generations, selectors, services, streaming, transfer
+from conversations import fulltext, generations, selectors, services, streaming, transfer
 from conversations.models import Attachment, Conversation, Folder, Message
 from conversations.serializers import (
     AskInput,
@@ -67,6 +67,17 @@ TOTAL_COUNT = OpenApiParameter(
     required=True,
     response=[200],
     description="How many match, on every page.",
+)
+TOTAL_COUNT_CAPPED = OpenApiParameter(
+    "X-Total-Count-Capped",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    response=[200],
+    enum=["true"],
+    description=(
+        f"Present when more matched than one search gives ({fulltext.MAX_RESULTS:,}): `X-Total-Count` is then "
+        "the results that can be paged through, the best of the newest matches."
+    ),
 )
 LINK = OpenApiParameter(
     "Link",
@@ -235,19 +246,29 @@ class ConversationViewSet(viewsets.ViewSet):
 
     @extend_schema(
         operation_id="conversations_search",
-        parameters=[SearchQuery, TOTAL_COUNT, LINK],
+        parameters=[SearchQuery, TOTAL_COUNT, TOTAL_COUNT_CAPPED, LINK],
         responses={200: SearchResultOutput(many=True), **ERROR_RESPONSES},
         description=(
             "Full-text search of the caller's messages and titles, best match first. The query reads like a web "
             'search: words (matched by stem), `"a phrase"`, `-excluded`, `or`. A title match has `message_id: '
-            "null`. Filters as in the list (archived conversations are left out unless `archived=true|all`)."
+            "null`. Filters as in the list (archived conversations are left out unless `archived=true|all`). At "
+            f"most {fulltext.MAX_RESULTS:,} results: when more match, the newest {fulltext.MAX_RESULTS:,} matching "
+            "messages (and titles) are ranked, and `X-Total-Count-Capped: true` says so."
         ),
     )
     def search(self, request: AuthenticatedRequest) -> Response:
         query = _validated(SearchQuery, request.query_params)
         result = selectors.search_for_user(user=request.user, **query)
-        data = SearchResultOutput(result.hits, many=True).data
-        return _paged(request, Response(data), result.total, query["limit"], query["offset"])
+        response = _paged(
+            request,
+            Response(SearchResultOutput(result.hits, many=True).data),
+            result.total,
+            query["limit"],
+            query["offset"],
+        )
+        if result.capped:
+            response["X-Total-Count-Capped"] = "true"
+        return response
 
     @extend_schema(
         operation_id="conversations_bulk",

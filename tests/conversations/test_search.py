@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
+from conversations import fulltext
 from conversations.fulltext import web_query_parse
 from conversations.models import Conversation, Message
 
@@ -194,3 +197,36 @@ def test_query_parser_reads_websearch_syntax():
     assert parsed.fts5() == '(("quick" AND "brown fox") NOT ("lazy")) OR ("cat")'
     assert web_query_parse("-only -negative").empty
     assert web_query_parse('- or "').empty
+
+
+def test_a_search_gives_at_most_max_results_the_best_of_the_newest_matches(api, user, monkeypatch):
+    monkeypatch.setattr(fulltext, "MAX_RESULTS", 3)
+    chat = Conversation.objects.create(owner=user, title="notes")
+    start = timezone.now() - timedelta(hours=1)
+    # The oldest is the best match, but only the 3 newest matches are ranked.
+    texts = ["needle needle needle", "needle one", "needle two", "needle three", "needle four"]
+    made = [
+        Message.objects.create(conversation=chat, role="user", content=text, created_at=start + timedelta(minutes=i))
+        for i, text in enumerate(texts)
+    ]
+
+    response = search(api, "needle")
+    assert response["X-Total-Count"] == "3" and response["X-Total-Count-Capped"] == "true"
+    assert {hit["message_id"] for hit in response.json()} == {str(m.pk) for m in made[2:]}
+    last = search(api, "needle", limit=2, offset=2)
+    assert len(last.json()) == 1 and 'rel="next"' not in last.get("Link", "")
+    assert search(api, "needle", offset=3).json() == []
+
+    only_best = search(api, '"needle needle"')  # one match: not capped, found though old
+    assert only_best["X-Total-Count"] == "1" and "X-Total-Count-Capped" not in only_best
+    assert [hit["message_id"] for hit in only_best.json()] == [str(made[0].pk)]
+
+
+def test_titles_and_messages_are_capped_together(api, user, monkeypatch):
+    monkeypatch.setattr(fulltext, "MAX_RESULTS", 3)
+    conversation(user, "needle a", "needle", "needle again")
+    conversation(user, "needle b")
+    response = search(api, "needle")
+    assert response["X-Total-Count"] == "3" and response["X-Total-Count-Capped"] == "true"
+    exactly = search(api, "needle", tag="none-such")
+    assert exactly["X-Total-Count"] == "0" and "X-Total-Count-Capped" not in exactly
