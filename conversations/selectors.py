@@ -129,10 +129,13 @@ def conversation_get_for_user(*, user: User, conversation_id: object, lock: bool
     (inside a transaction) its row is locked until the transaction ends, as a service's write needs it."""
     pk = parse_uuid(conversation_id)
     conversations = Conversation.objects.select_for_update() if lock else Conversation.objects.all()
-    conversation = conversations.filter(pk=pk, owner=user).first() if pk is not None else None
-    if conversation is None:
-        raise NotFound("Conversation not found.", code="conversation_not_found")
-    return conversation
+    try:
+        if pk is not None:
+            # get(), not first(): one row by its key needs no ORDER BY (which costs CPU to build).
+            return conversations.get(pk=pk, owner=user)
+    except Conversation.DoesNotExist:
+        pass
+    raise NotFound("Conversation not found.", code="conversation_not_found")
 
 
 def conversation_of_message_for_user(*, user: User, message_id: object, param: str) -> Conversation:

@@ -295,11 +295,11 @@ def _lock(conversation: Conversation) -> None:
     """Lock the conversation's row until the transaction ends, so that writes to one conversation take
     turns (PostgreSQL; SQLite's IMMEDIATE transactions already do), and refresh its current node.
     A conversation deleted meanwhile is a 404."""
-    found = Conversation.objects.select_for_update().filter(pk=conversation.pk).values_list("current_node_id")
-    row = found.first()
-    if row is None:
-        raise NotFound("Conversation not found: it was deleted.", code="conversation_not_found")
-    conversation.current_node_id = row[0]
+    found = Conversation.objects.select_for_update().values_list("current_node_id", flat=True)
+    try:
+        conversation.current_node_id = found.get(pk=conversation.pk)
+    except Conversation.DoesNotExist:
+        raise NotFound("Conversation not found: it was deleted.", code="conversation_not_found") from None
 
 
 def lease_deadline() -> datetime:
