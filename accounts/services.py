@@ -256,10 +256,12 @@ def api_key_usage_record(*, api_key_id: uuid.UUID, prompt_tokens: int, completio
     minute = key_limits.minute_start(now)
     with transaction.atomic(savepoint=False):  # a savepoint inside a caller's transaction would change nothing
         windows = APIKey.objects.select_for_update().filter(pk=api_key_id)
-        row = windows.values_list("budget_period", "budget_window", "tpm_window").first()
-        if row is None:
+        try:
+            budget_period, budget_window, tpm_window = windows.values_list(
+                "budget_period", "budget_window", "tpm_window"
+            ).get()
+        except APIKey.DoesNotExist:
             return  # the key was deleted meanwhile: there is nothing to count against
-        budget_period, budget_window, tpm_window = row
         period = key_limits.period_start(budget_period, now)
         windows.update(
             request_count=F("request_count") + 1,

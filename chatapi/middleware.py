@@ -1,17 +1,29 @@
 """Middleware for what reaches Django from the edge (a request that cannot be served, a body sent without
-Content-Length) and for what every answer carries (a limited key's `x-ratelimit-*` headers)."""
+Content-Length) and for what every answer carries (a limited key's `x-ratelimit-*` headers); and Django's own
+middleware, run where they are needed and, under ASGI, without a thread hand-off per hook (see below)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware as DjangoAuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware as DjangoXFrameOptionsMiddleware
+from django.middleware.common import CommonMiddleware as DjangoCommonMiddleware
+from django.middleware.csrf import CsrfViewMiddleware as DjangoCsrfViewMiddleware
+from django.middleware.security import SecurityMiddleware as DjangoSecurityMiddleware
+from django.urls import NoReverseMatch, reverse
 from servestatic.middleware import ServeStaticMiddleware
 from servestatic.responders import MissingFileError
 
+from accounts.authentication import api_key_from_header
 from accounts.limits import limit_headers_now
 from accounts.models import APIKey
 from chatapi.errors import error_body, not_found_view, request_too_large_body
@@ -111,3 +123,99 @@ class StaticFilesMiddleware(ServeStaticMiddleware):
             return await super().__call__(request)
         except MissingFileError:
             return not_found_view(request)
+
+
+# --- Django's own middleware, without a thread hand-off per hook ----------------------------------------------
+#
+# Under ASGI, Django's MiddlewareMixin runs every process_request/process_view/process_response hook in a thread
+# (sync_to_async), since a hook may touch the database: with Django's seven stock middleware that is 13 thread
+# hand-offs a request. The subclasses below keep Django's classes, hooks and order (so the admin's system checks
+# and every hook behave as documented) and change only where the hooks run, through the public middleware
+# protocol (`__call__`, `process_view`):
+#
+# - Security, Common and XFrameOptions only read the request and set headers: their hooks run on the event loop.
+# - Session, CSRF, Authentication and Messages serve a browser's login (the admin, the browsable API). A request
+#   with an API key is authenticated by that key alone (accounts.authentication: DRF never looks at its cookies),
+#   so it skips them; every other request, and any request to the admin site, goes through them as before.
+
+
+@functools.cache
+def _admin_prefix() -> str:
+    try:
+        return reverse("admin:index")
+    except NoReverseMatch:  # no admin site mounted
+        return "\0"
+
+
+def with_api_key(request: HttpRequest) -> bool:
+    """Whether the request carries an API key (`Authorization: Bearer <key>`, or the bare key), outside the
+    admin site: it needs no session, CSRF check, login or messages."""
+    header: str = request.META.get("HTTP_AUTHORIZATION", "")
+    return bool(header) and api_key_from_header(header) is not None and not request.path.startswith(_admin_prefix())
+
+
+class _HooksOnTheLoop:
+    """For a MiddlewareMixin middleware whose hooks do no I/O: under ASGI they run on the event loop."""
+
+    async_mode: bool
+    get_response: Any
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if not self.async_mode:
+            return super().__call__(request)  # type: ignore[misc]
+        return self.on_the_loop(request)
+
+    async def on_the_loop(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class _ForBrowsers:
+    """For a MiddlewareMixin middleware that serves a browser's login: a request with an API key skips it."""
+
+    get_response: Any
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if with_api_key(request):
+            return self.get_response(request)
+        return super().__call__(request)  # type: ignore[misc]
+
+
+class SecurityMiddleware(_HooksOnTheLoop, DjangoSecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(_HooksOnTheLoop, DjangoCommonMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(_HooksOnTheLoop, DjangoXFrameOptionsMiddleware):
+    pass
+
+
+class SessionMiddleware(_ForBrowsers, DjangoSessionMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_ForBrowsers, DjangoAuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(_ForBrowsers, DjangoMessageMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(_ForBrowsers, DjangoCsrfViewMiddleware):
+    """Its process_view is a coroutine, so that Django's handler awaits it on the loop under ASGI (under WSGI it
+    wraps it in async_to_sync); for a browser's request Django's own runs, in a thread as before."""
+
+    async def process_view(  # type: ignore[override]
+        self, request: HttpRequest, callback: Any, callback_args: Any, callback_kwargs: Any
+    ) -> HttpResponseBase | None:
+        if with_api_key(request) or getattr(callback, "csrf_exempt", False):
+            return None
+        check = sync_to_async(super().process_view, thread_sensitive=True)
+        return await check(request, callback, callback_args, callback_kwargs)

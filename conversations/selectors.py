@@ -124,13 +124,18 @@ def _pk_param(value: uuid.UUID) -> Any:
     return Message._meta.pk.get_db_prep_value(value, connection)
 
 
-def conversation_get_for_user(*, user: User, conversation_id: object) -> Conversation:
-    """The user's conversation; anything else (another user's, unknown, not a UUID) is a 404."""
+def conversation_get_for_user(*, user: User, conversation_id: object, lock: bool = False) -> Conversation:
+    """The user's conversation; anything else (another user's, unknown, not a UUID) is a 404. With `lock`
+    (inside a transaction) its row is locked until the transaction ends, as a service's write needs it."""
     pk = parse_uuid(conversation_id)
-    conversation = Conversation.objects.filter(pk=pk, owner=user).first() if pk is not None else None
-    if conversation is None:
-        raise NotFound("Conversation not found.", code="conversation_not_found")
-    return conversation
+    conversations = Conversation.objects.select_for_update() if lock else Conversation.objects.all()
+    try:
+        if pk is not None:
+            # get(), not first(): one row by its key needs no ORDER BY (which costs CPU to build).
+            return conversations.get(pk=pk, owner=user)
+    except Conversation.DoesNotExist:
+        pass
+    raise NotFound("Conversation not found.", code="conversation_not_found")
 
 
 def conversation_of_message_for_user(*, user: User, message_id: object, param: str) -> Conversation:
@@ -202,6 +207,34 @@ def message_context_get(*, conversation: Conversation, leaf_id: uuid.UUID, budge
     One query, which reads the rows it returns and one more: the walk up the branch stops once the budget
     is spent, so its cost does not grow with the depth of the branch.
     """
+    rows = _context_rows(conversation=conversation, leaf_id=leaf_id, budget=budget)
+    fitting = [m for m in rows if m.pk == leaf_id or m.context_total <= budget]  # type: ignore[attr-defined]
+    return fitting, fitting[0].depth if fitting else 0
+
+
+def message_with_context_get(
+    *, conversation: Conversation, message_id: object, budget: int, param: str | None = None
+) -> tuple[Message, list[Message]]:
+    """A message of this conversation (a bad id as in message_get_in_conversation: a 400 naming `param`, else
+    a 404) and the newest part of its branch root→it whose tokens fit in `budget` (none, when not even the
+    message does), oldest first: what a prompt to follow it is sent with, for the budget the prompt leaves.
+
+    One query, where message_get_in_conversation and then message_context_get would take two.
+    """
+    pk = parse_uuid(message_id)
+    rows = _context_rows(conversation=conversation, leaf_id=pk, budget=budget) if pk else []
+    message = next((m for m in rows if m.pk == pk), None)
+    if message is None:
+        if param is not None:
+            reason = "is not a message of this conversation" if pk else "must be a message id (a UUID)"
+            raise InvalidRequest(f"{param} {reason}.", code="invalid_message_id", param=param)
+        raise NotFound("Message not found.", code="message_not_found")
+    return message, [m for m in rows if m.context_total <= budget]  # type: ignore[attr-defined]
+
+
+def _context_rows(*, conversation: Conversation, leaf_id: uuid.UUID, budget: int) -> list[Message]:
+    """The branch root→`leaf_id`, walked up from the leaf while the tokens so far fit in `budget` (so with one
+    row past them), oldest first; each row has `context_total`, the tokens from it down to the leaf."""
     table = Message._meta.db_table
     rows = Message.objects.raw(
         f"""
@@ -215,11 +248,7 @@ def message_context_get(*, conversation: Conversation, leaf_id: uuid.UUID, budge
         """,
         [_pk_param(leaf_id), _pk_param(conversation.pk), budget],
     )
-    fitting = sorted(
-        (m for m in rows if m.pk == leaf_id or m.context_total <= budget),  # type: ignore[attr-defined]
-        key=lambda m: m.depth,
-    )
-    return fitting, fitting[0].depth if fitting else 0
+    return sorted(rows, key=lambda m: m.depth)
 
 
 def message_branch_window(*, conversation: Conversation, leaf: Message, low: int, high: int) -> list[Message]:

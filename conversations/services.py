@@ -31,6 +31,7 @@ from conversations.selectors import (
     message_path_get,
     message_path_or_400,
     message_subtree_ids,
+    message_with_context_get,
 )
 
 logger = logging.getLogger(__name__)
@@ -294,11 +295,11 @@ def _lock(conversation: Conversation) -> None:
     """Lock the conversation's row until the transaction ends, so that writes to one conversation take
     turns (PostgreSQL; SQLite's IMMEDIATE transactions already do), and refresh its current node.
     A conversation deleted meanwhile is a 404."""
-    found = Conversation.objects.select_for_update().filter(pk=conversation.pk).values_list("current_node_id")
-    row = found.first()
-    if row is None:
-        raise NotFound("Conversation not found: it was deleted.", code="conversation_not_found")
-    conversation.current_node_id = row[0]
+    found = Conversation.objects.select_for_update().values_list("current_node_id", flat=True)
+    try:
+        conversation.current_node_id = found.get(pk=conversation.pk)
+    except Conversation.DoesNotExist:
+        raise NotFound("Conversation not found: it was deleted.", code="conversation_not_found") from None
 
 
 def lease_deadline() -> datetime:
@@ -395,12 +396,10 @@ def _reply_store(
     now = timezone.now()
     conversation = job.conversation
     with transaction.atomic():
-        try:
-            _lock(conversation)
-        except NotFound as exc:
-            deleted: ApplicationError | None = exc
-        else:
-            deleted = None
+        # Its last change: the UPDATE locks the conversation's row, as _lock would, and finds it deleted.
+        deleted: ApplicationError | None = None
+        if not Conversation.objects.filter(pk=conversation.pk).update(updated_at=now):
+            deleted = NotFound("Conversation not found: it was deleted.", code="conversation_not_found")
         values = {
             "content": content,
             "model": model,
@@ -423,15 +422,14 @@ def _reply_store(
             )
         if stored:
             Attachment.objects.bulk_create(attachments)
-            fields = ["updated_at"]
             conversation.updated_at = now
-            if status == Message.Status.FAILED and conversation.current_node_id == job.reply_id:
-                # Back to the reply's parent as it is now: the prompt may have been taken out meanwhile
-                # (message_remove), its place given to the message above it.
-                parent = Message.objects.filter(pk=job.reply_id).values_list("parent_id", flat=True)
-                conversation.current_node_id = parent.first()
-                fields.append("current_node")
-            conversation.save(update_fields=fields)
+            if status == Message.Status.FAILED:
+                # If the reply is still the current node: back to its parent as it is now (the prompt may have
+                # been taken out meanwhile by message_remove, its place given to the message above it).
+                parent_id = Message.objects.filter(pk=job.reply_id).values_list("parent_id", flat=True).first()
+                at_reply = Conversation.objects.filter(pk=conversation.pk, current_node_id=job.reply_id)
+                if at_reply.update(current_node_id=parent_id):
+                    conversation.current_node_id = parent_id
     if deleted is not None:
         raise deleted
     if not stored:
@@ -517,11 +515,16 @@ def _job(
     autocontinue: bool,
     new: bool,
     params: dict[str, Any] | None = None,
+    path: list[Message] | None = None,
 ) -> ReplyJob:
-    """The job of answering `request` (stored): its context is the newest part of its branch that fits."""
+    """The job of answering `request` (stored): its context is the newest part of its branch that fits
+    (`path`, root→request, when the caller has it already)."""
     params = params or {}
-    budget = context_budget(model=model, system_prompt=conversation.system_prompt, params=params)
-    path, left_out = message_context_get(conversation=conversation, leaf_id=request.pk, budget=budget)
+    if path is None:
+        budget = context_budget(model=model, system_prompt=conversation.system_prompt, params=params)
+        path, left_out = message_context_get(conversation=conversation, leaf_id=request.pk, budget=budget)
+    else:
+        left_out = path[0].depth
     return ReplyJob(
         conversation=conversation,
         request=request,
@@ -559,31 +562,41 @@ def conversation_ask_prepare(
     parent_id: str | uuid.UUID | None = None,
     model: str | None = None,
     autocontinue: bool = False,
+    locked: bool = False,
 ) -> ReplyJob:
     """Validate and store the user's prompt; the reply is generated from the returned job.
 
     Without `parent_id` the prompt continues `current_node`; with it, the prompt becomes a child of
-    that message (a sibling branch when it is an earlier one: "edit and resend").
+    that message (a sibling branch when it is an earlier one: "edit and resend"). `locked`: the caller
+    read `conversation` locked (conversation_get_for_user's `lock`) in its transaction, or made it there.
     """
     _validate_prompt(prompt)
     chosen_model = llm.model_resolve(model or conversation.model)
     budget = context_budget(model=chosen_model, system_prompt=conversation.system_prompt, params={})
     _check_fits(prompt, budget=budget, param="prompt")
+    token_count = llm.estimate_tokens(prompt)
     # No savepoint inside generations.generation_begin's transaction: an error there ends all of it anyway,
     # and a savepoint costs two round trips.
     with transaction.atomic(savepoint=False):
-        _lock(conversation)
+        if not locked:
+            _lock(conversation)
+        parent_param = "parent_id" if parent_id is not None else None
+        if parent_id is None:
+            parent_id = conversation.current_node_id
+        parent: Message | None = None
+        path: list[Message] = []
         if parent_id is not None:
-            parent = _message_at(conversation, parent_id, param="parent_id")
-        else:
-            parent = _message_at(conversation, conversation.current_node_id)
+            # The parent and the part of its branch that fits beside the prompt, in one query.
+            parent, path = message_with_context_get(
+                conversation=conversation, message_id=parent_id, budget=budget - token_count, param=parent_param
+            )
         _check_not_in_progress(parent, instead=", or ask from an earlier message (parent_id)")
         now = timezone.now()
         request = Message(
             conversation=conversation,
             parent=parent,
             depth=parent.depth + 1 if parent else 0,
-            token_count=llm.estimate_tokens(prompt),
+            token_count=token_count,
             role=Message.Role.USER,
             content=prompt,
             created_at=now,
@@ -593,7 +606,14 @@ def conversation_ask_prepare(
             conversation.title = title_from_prompt(prompt)
             conversation.updated_at = now
             conversation.save(update_fields=["title", "updated_at"])
-    return _job(conversation=conversation, request=request, model=chosen_model, autocontinue=autocontinue, new=True)
+    return _job(
+        conversation=conversation,
+        request=request,
+        model=chosen_model,
+        autocontinue=autocontinue,
+        new=True,
+        path=[*path, request],
+    )
 
 
 def conversation_start_prepare(
@@ -611,7 +631,11 @@ def conversation_start_prepare(
     conversation = conversation_create(
         owner=owner, title=title, model=model, system_prompt=system_prompt, folder_id=folder_id
     )
-    return conversation_ask_prepare(conversation=conversation, prompt=prompt, autocontinue=autocontinue)
+    # Made in the caller's transaction (generations.generation_begin's), no one else can write to it yet.
+    made_here = transaction.get_connection().in_atomic_block
+    return conversation_ask_prepare(
+        conversation=conversation, prompt=prompt, autocontinue=autocontinue, locked=made_here
+    )
 
 
 def complete_prepare(*, owner: User, content: str) -> ReplyJob:

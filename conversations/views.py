@@ -467,8 +467,11 @@ class ReplyViewSet(LimitHeadersMixin, ConnectionReleasing, AsyncViewSet):
         data = _validated(AskInput, request.data)
 
         def prepare(**fields: Any) -> services.ReplyJob:
-            conversation = _conversation(request, conversation_id)
-            return services.conversation_ask_prepare(conversation=conversation, **fields)
+            # Read locked, in generation_begin's transaction: the service need not lock it again.
+            conversation = selectors.conversation_get_for_user(
+                user=request.user, conversation_id=conversation_id, lock=True
+            )
+            return services.conversation_ask_prepare(conversation=conversation, locked=True, **fields)
 
         return await _reply(self, data, prepare)
 

@@ -72,6 +72,18 @@ def test_an_ask_deep_in_a_long_branch_costs_what_one_near_its_root_does(api, bac
     assert sent[0]["content"].startswith("m04970")
 
 
+def test_a_prompt_that_leaves_no_room_for_its_parent_is_sent_alone(api, backend, user, settings):
+    settings.CHATAPI_MODEL_CONTEXT = {"*": 1024}  # 768 tokens, a quarter kept for the reply
+    conversation = long_branch(user, 10)
+    prompt = "word " * 560  # 700 tokens: the parent's 100 do not fit beside it
+    response = api.post(f"/conversations/{conversation.pk}/ask", {"prompt": prompt}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["context_window"] == {"messages": 1, "left_out": 10}
+    assert backend.last_messages == [{"role": "user", "content": prompt}]
+    prompt_row = Message.objects.get(pk=response.json()["response"]["request_id"])
+    assert (prompt_row.parent_id, prompt_row.depth) == (conversation.current_node_id, 10)  # it follows the branch
+
+
 def test_the_system_prompt_and_max_tokens_count_against_the_window(api, backend, user, settings):
     settings.CHATAPI_MODEL_CONTEXT = {"*": 4096, "test-model-2": 100_000}
     conversation = long_branch(user, 200, system_prompt="s" * 4000)  # 1,000 tokens
