@@ -307,7 +307,7 @@ class RedisEventLog(LocalEventLog):
                 rt.flusher = loop.create_task(self._flush_forever(rt), name="chatapi event log flusher")
                 if self._on_cancel is not None:
                     rt.listener = loop.create_task(self._listen(rt), name="chatapi cancel listener")
-            if self._unsent:  # left by a loop that ended before its flusher sent them
+            if self._unsent or self._removals:  # left by a loop that ended before its flusher sent them
                 rt.wake.set()
         return rt
 
@@ -509,7 +509,7 @@ class RedisEventLog(LocalEventLog):
             rt.listener.cancel()
             await asyncio.gather(rt.listener, return_exceptions=True)
         # What is pending, in one or more round trips; if Redis is down, it is lost with the process.
-        while self._unsent and await self._flush(rt):
+        while (self._unsent or self._removals) and await self._flush(rt):
             pass
         await rt.client.aclose()
 

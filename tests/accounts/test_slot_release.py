@@ -114,3 +114,19 @@ def test_before_that_flush_this_worker_admits_the_key_again_and_another_does_not
         run(log, body)
     finally:
         redis_client.delete(held)
+
+
+def test_a_worker_that_stops_sends_the_removals_still_pending(redis_client, slow_flushes) -> None:
+    api_key, log = key_with(max_parallel=1), RedisEventLog(REDIS)
+    held = limits.slots_key(str(api_key.pk))
+
+    async def body() -> None:
+        slot = await admitted(api_key)
+        await slot.release_along(log)
+        assert redis_client.zcard(held) == 1
+
+    try:
+        run(log, body)  # closes the log at once, before its flusher's turn
+        assert redis_client.zcard(held) == 0
+    finally:
+        redis_client.delete(held)
