@@ -5,7 +5,10 @@ Redis when REDIS_URL is set (one Lua script, one round trip, per request), in th
 generation in progress holds a *slot*: a member of the key's sorted set whose score is its lease's end,
 renewed by the worker's keeper with the generations' leases and removed when the generation ends, however
 it ends; a killed worker stops renewing, so its slots fall out of the count within
-CHATAPI_GENERATION_LEASE_SECONDS, as its replies are reaped. (Counting in-progress rows in the database
+CHATAPI_GENERATION_LEASE_SECONDS, as its replies are reaped. A stored reply's slot is removed by the round
+trip that sends its last event to Redis (Slot.release_along), not one of its own: until that flush (at most
+conversations.events.FLUSH_INTERVAL later) this worker's next admission of the key removes it first, so its
+client can ask again at once; another worker may count it that long. (Counting in-progress rows in the database
 instead would miss the stateless `/v1` calls, which store no row, and a count then an insert lets two
 concurrent requests both in.)
 
@@ -23,6 +26,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -102,8 +106,18 @@ class Counted:
 
 class Counter(Protocol):
     async def admit(
-        self, key_id: str, *, rpm: int, max_parallel: int, slot_id: str, now: float, lease_end: float
-    ) -> Counted: ...
+        self,
+        key_id: str,
+        *,
+        rpm: int,
+        max_parallel: int,
+        slot_id: str,
+        now: float,
+        lease_end: float,
+        released: Collection[str] = (),
+    ) -> Counted:
+        """Count a request (and take a slot, with `max_parallel`) unless a limit is reached; the key's slots
+        `released` (whose removal has not reached the counter yet) are removed first."""
 
     async def release(self, key_id: str, slot_id: str) -> None: ...
 
@@ -128,7 +142,15 @@ class LocalCounter:
     _PRUNE_AT = 10_000  # counted ids (client addresses too) past which past minutes' counts are dropped
 
     async def admit(
-        self, key_id: str, *, rpm: int, max_parallel: int, slot_id: str, now: float, lease_end: float
+        self,
+        key_id: str,
+        *,
+        rpm: int,
+        max_parallel: int,
+        slot_id: str,
+        now: float,
+        lease_end: float,
+        released: Collection[str] = (),
     ) -> Counted:
         minute = int(now // 60)
         with self._lock:
@@ -177,14 +199,16 @@ class LocalCounter:
 
 
 # KEYS[1]: the key's requests in this minute; KEYS[2]: its slots (sorted set: slot id -> lease end).
-# ARGV: rpm (0: none), max_parallel (0: none), now, lease end, slot id. Check and count in one step, so
-# that two workers can never both take the last request or the last slot.
+# ARGV: rpm (0: none), max_parallel (0: none), now, lease end, slot id, then the ids of slots released whose
+# removal has not been sent yet. Check and count in one step, so that two workers can never both take the
+# last request or the last slot.
 _ADMIT = """
 local rpm = tonumber(ARGV[1])
 local parallel = tonumber(ARGV[2])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if rpm > 0 and used >= rpm then return {0, 1, used} end
 if parallel > 0 then
+  for i = 6, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
   if redis.call('ZCARD', KEYS[2]) >= parallel then return {0, 2, used} end
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
@@ -224,15 +248,23 @@ class RedisCounter:
     @staticmethod
     def _keys(key_id: str, minute: int) -> list[str]:
         # One hash tag per API key: both keys live in one cluster slot.
-        return [f"{REDIS_PREFIX}:{{{key_id}}}:rpm:{minute}", f"{REDIS_PREFIX}:{{{key_id}}}:slots"]
+        return [f"{REDIS_PREFIX}:{{{key_id}}}:rpm:{minute}", slots_key(key_id)]
 
     async def admit(
-        self, key_id: str, *, rpm: int, max_parallel: int, slot_id: str, now: float, lease_end: float
+        self,
+        key_id: str,
+        *,
+        rpm: int,
+        max_parallel: int,
+        slot_id: str,
+        now: float,
+        lease_end: float,
+        released: Collection[str] = (),
     ) -> Counted:
         _, script, _ = self._client()
         try:
             allowed, refused, used = await script(
-                keys=self._keys(key_id, int(now // 60)), args=[rpm, max_parallel, now, lease_end, slot_id]
+                keys=self._keys(key_id, int(now // 60)), args=[rpm, max_parallel, now, lease_end, slot_id, *released]
             )
         except (RedisError, OSError) as exc:
             logger.warning("Limits not checked, Redis cannot be reached: %s", exc)
@@ -274,6 +306,11 @@ class RedisCounter:
             return None
 
 
+def slots_key(key_id: str) -> str:
+    """The Redis sorted set of a key's slots."""
+    return f"{REDIS_PREFIX}:{{{key_id}}}:slots"
+
+
 _counters: dict[str, Counter] = {}
 
 
@@ -288,8 +325,17 @@ def counter() -> Counter:
 
 # --- slots ----------------------------------------------------------------------------------
 
-# The slots of this worker's generations in progress, renewed with their leases: (key id, slot id).
+# The slots of this worker's generations in progress, renewed with their leases: slot id -> key id.
 _held: dict[str, str] = {}
+# Slots released whose removal rides on a round trip not made yet (Slot.release_along): key id -> slot ids.
+_releasing: dict[str, set[str]] = {}
+
+
+class RemovalCarrier(Protocol):
+    """A round trip to Redis made anyway, which can remove a member of a sorted set on the way
+    (conversations.events.EventLog.remove_with_next_flush)."""
+
+    def remove_with_next_flush(self, redis_url: str, key: str, member: str, sent: Callable[[], None]) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -307,6 +353,30 @@ class Slot:
         self.released = True
         _held.pop(self.id, None)
         await counter().release(self.key_id, self.id)
+
+    async def release_along(self, carrier: RemovalCarrier) -> None:
+        """Stop counting it, in Redis by `carrier`'s next round trip rather than one of its own (else at once).
+        Meanwhile this worker's admissions of the key remove it first."""
+        if self.released:
+            return
+        key_id, slot_id = self.key_id, self.id
+
+        def sent() -> None:  # called on the loop, after this returned
+            pending = _releasing.get(key_id)
+            if pending is not None:
+                pending.discard(slot_id)
+                if not pending:
+                    del _releasing[key_id]
+
+        made = counter()
+        if not isinstance(made, RedisCounter) or not carrier.remove_with_next_flush(
+            made.url, slots_key(key_id), slot_id, sent
+        ):
+            await self.release()
+            return
+        self.released = True
+        _held.pop(slot_id, None)
+        _releasing.setdefault(key_id, set()).add(slot_id)
 
 
 def _lease_seconds() -> float:
@@ -397,6 +467,7 @@ async def limit_admit(request: Request) -> Slot | None:
             slot_id=slot_id,
             now=clock,
             lease_end=clock + _lease_seconds(),
+            released=_releasing.get(key_id, ()),
         )
         requests_used = counted.requests
         if counted.refused_by == "rpm":

@@ -38,8 +38,12 @@ REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
 class PipelinedXaddLog(RedisEventLog):
     """For comparison: the same flusher, sending a pipeline of XADD (and EXPIRE) commands instead of the script."""
 
-    async def _send(self, rt: Any, keys: list[str], entries: list[Entry]) -> tuple[int, str]:
+    async def _send(
+        self, rt: Any, keys: list[str], entries: list[Entry], removed: list[tuple[int, str]]
+    ) -> tuple[int, str]:
         pipe = rt.client.pipeline(transaction=False)
+        for index, member in removed:
+            pipe.zrem(keys[index - 1], member)
         maxlen = settings.CHATAPI_GENERATION_LOG_MAXLEN
         for index, entry_id, name, data, expire in entries:
             pipe.xadd(keys[index - 1], {"e": name, "d": data}, id=entry_id, maxlen=maxlen)

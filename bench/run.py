@@ -454,7 +454,7 @@ async def scenario_overhead(client: Client, n: int) -> dict[str, Any]:
     }
 
 
-async def scenario_limits(client: Client, n: int) -> dict[str, Any]:
+async def scenario_limits(client: Client, rounds: int) -> dict[str, Any]:
     """What a key's limits cost: the same ask with a key with every limit (`limited`: the Redis script before
     it, its max_parallel slot released after it), with rpm and tpm only (`counted`: the script alone) and with
     none, interleaved in batches of 10 so that all see the same machine, each batch's service CPU time counted
@@ -470,9 +470,11 @@ async def scenario_limits(client: Client, n: int) -> dict[str, Any]:
     # Per round: (a limited key's batch − the unlimited key's) CPU, per ask.
     differences: dict[str, list[float]] = {"limited": [], "counted": []}
     failed = 0
-    for _ in range(max(2, n // 10)):
+    order = list(keys.items())
+    for round_ in range(max(2, rounds)):
         batch = {}
-        for name, key in keys.items():
+        # Each round in another order, so that no key always follows the same one.
+        for name, key in order[round_ % 3 :] + order[: round_ % 3]:
             before = client.service.cpu_seconds()
             for _ in range(10):
                 latency, ok = await client.ask(conversation_id, parent_id, key)
@@ -849,7 +851,7 @@ async def measure(stack: Stack, service: Service, args: argparse.Namespace) -> d
             results["overhead_c1"] = await scenario_overhead(client, n)
         if wanted("limits"):
             print("… an ask with a key with limits and one without, interleaved", flush=True)
-            results["limits"] = await scenario_limits(client, n)
+            results["limits"] = await scenario_limits(client, args.limits_rounds or max(2, n // 10))
         if wanted("v1"):
             print("… /v1/chat/completions (stateless, stream and not; one stateful)", flush=True)
             results["v1"] = await scenario_v1(client, n)
@@ -1028,6 +1030,13 @@ def main() -> None:
         "--redis-url", default="redis://127.0.0.1:6379/13", help="a Redis database of its own: it is flushed"
     )
     parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument(
+        "--limits-rounds",
+        type=int,
+        metavar="N",
+        help="rounds of 10 asks per key in the limits scenario (default 50, 10 --quick): CPU time is read in 10 ms "
+        "ticks, so its difference per ask narrows only with many rounds (the result shows its standard error)",
+    )
     parser.add_argument("--streams", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--resume-concurrency", type=int, help="streams resumed at once (default 50, 20 --quick)")
     parser.add_argument("--soak", type=int, default=0, metavar="N", help="also N mixed requests, memory sampled")

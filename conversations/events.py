@@ -49,8 +49,10 @@ Entry = tuple[int, str, str, str, int]
 # Adds a flush's events to their streams in one command. A pipeline of XADDs was the plain way, but redis-py spends
 # some 20 us of CPU on each pipelined command (packing its arguments, parsing its reply): more than a worker's
 # whole budget per token. One command with a JSON list of events costs 3 us per event, and Redis about the same
-# as for the XADDs themselves (bench/event_log.py). ARGV[1]: MAXLEN, ARGV[2]: the JSON list of entries.
+# as for the XADDs themselves (bench/event_log.py). ARGV[1]: MAXLEN, ARGV[2]: the JSON list of entries, ARGV[3]: a
+# JSON list of [index in KEYS of a sorted set, member] to remove (what rides along: see remove_with_next_flush).
 MIRROR_SCRIPT = """
+for _, r in ipairs(cjson.decode(ARGV[3])) do redis.call('ZREM', KEYS[r[1]], r[2]) end
 local refused, first_error = 0, ''
 for _, e in ipairs(cjson.decode(ARGV[2])) do
   local added = redis.pcall('XADD', KEYS[e[1]], 'MAXLEN', '~', ARGV[1], e[2], 'e', e[3], 'd', e[4])
@@ -124,6 +126,13 @@ class EventLog(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Send what is pending and stop the background tasks (worker shutdown)."""
+
+    def remove_with_next_flush(self, redis_url: str, key: str, member: str, sent: Callable[[], None]) -> bool:
+        """Have `member` removed from the sorted set `key` of the Redis at `redis_url` by the round trip that sends
+        the events published so far (so, for a generation's runner, together with its last event), and `sent`
+        called on the loop once it is done. False where this log sends nothing to that Redis: the caller removes
+        it itself."""
+        return False
 
 
 class _Log:
@@ -273,6 +282,8 @@ class RedisEventLog(LocalEventLog):
         self._rt: _Runtime | None = None
         # generation id → seq of its first event not yet sent to Redis
         self._unsent: dict[str, int] = {}
+        # What the next flush also removes: (sorted set, member, called once removed)
+        self._removals: list[tuple[str, str, Callable[[], None]]] = []
         self._outage = False  # so that an outage is logged once, not once per try
 
     def _here(self) -> _Runtime:
@@ -296,7 +307,7 @@ class RedisEventLog(LocalEventLog):
                 rt.flusher = loop.create_task(self._flush_forever(rt), name="chatapi event log flusher")
                 if self._on_cancel is not None:
                     rt.listener = loop.create_task(self._listen(rt), name="chatapi cancel listener")
-            if self._unsent:  # left by a loop that ended before its flusher sent them
+            if self._unsent or self._removals:  # left by a loop that ended before its flusher sent them
                 rt.wake.set()
         return rt
 
@@ -305,6 +316,13 @@ class RedisEventLog(LocalEventLog):
         self._unsent.setdefault(generation_id, event.seq)
         self._here().wake.set()
         return event
+
+    def remove_with_next_flush(self, redis_url: str, key: str, member: str, sent: Callable[[], None]) -> bool:
+        if redis_url != self._url:
+            return False
+        self._removals.append((key, member, sent))
+        self._here().wake.set()
+        return True
 
     async def _flush_forever(self, rt: _Runtime) -> None:
         while not rt.closing:  # then close() sends the rest
@@ -324,6 +342,7 @@ class RedisEventLog(LocalEventLog):
         """Send the unsent events (FLUSH_MAX_EVENTS at most) in one round trip; False if Redis failed (kept unsent)."""
         rt.wake.clear()
         batch, self._unsent = self._unsent, {}
+        removals, self._removals = self._removals, []
         ttl = settings.CHATAPI_GENERATION_LOG_TTL
         keys: list[str] = []
         entries: list[Entry] = []
@@ -349,13 +368,18 @@ class RedisEventLog(LocalEventLog):
                 entries.append((len(keys), f"0-{event.seq}", event.name, event_data, expire))
         if self._unsent:
             rt.wake.set()
-        if not entries:
+        if not entries and not removals:
             return True
+        removed: list[tuple[int, str]] = []
+        for key, member, _ in removals:
+            keys.append(key)
+            removed.append((len(keys), member))
         try:
-            refused, error = await self._send(rt, keys, entries)
+            refused, error = await self._send(rt, keys, entries, removed)
         except BaseException as exc:
             # All of the batch again: what came since is newer, and what did arrive is refused as a duplicate.
             self._unsent.update(batch)
+            self._removals[:0] = removals
             rt.wake.set()
             if not isinstance(exc, (RedisError, OSError)):
                 raise
@@ -368,11 +392,16 @@ class RedisEventLog(LocalEventLog):
             logger.warning("Redis is reachable again: the generation events kept meanwhile are sent")
         if refused:
             logger.warning("Redis refused %d of %d generation events, e.g.: %s", refused, len(entries), error)
+        for _, _, sent in removals:
+            sent()
         return True
 
-    async def _send(self, rt: _Runtime, keys: list[str], entries: list[Entry]) -> tuple[int, str]:
-        """Add the entries to their streams (KEYS[index]); how many Redis refused, and the first error."""
-        args: list[int | str] = [settings.CHATAPI_GENERATION_LOG_MAXLEN, json.dumps(entries)]
+    async def _send(
+        self, rt: _Runtime, keys: list[str], entries: list[Entry], removed: list[tuple[int, str]]
+    ) -> tuple[int, str]:
+        """Add the entries to their streams (KEYS[index]) and remove the members `removed` names from their sorted
+        sets (KEYS[index]); how many entries Redis refused, and the first error."""
+        args: list[int | str] = [settings.CHATAPI_GENERATION_LOG_MAXLEN, json.dumps(entries), json.dumps(removed)]
         async with asyncio.timeout(REDIS_TIMEOUT):
             refused, error = await rt.mirror(keys=keys, args=args)
         return int(refused), error.decode() if isinstance(error, bytes) else str(error)
@@ -480,7 +509,7 @@ class RedisEventLog(LocalEventLog):
             rt.listener.cancel()
             await asyncio.gather(rt.listener, return_exceptions=True)
         # What is pending, in one or more round trips; if Redis is down, it is lost with the process.
-        while self._unsent and await self._flush(rt):
+        while (self._unsent or self._removals) and await self._flush(rt):
             pass
         await rt.client.aclose()
 

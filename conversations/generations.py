@@ -297,6 +297,13 @@ async def _finish(
     except Exception:
         logger.exception("The reply of generation %s could not be stored", rid)
         failure, reply = InternalError("The reply could not be stored.", code="store_failed"), None
+    # Its max_parallel slot is released before anyone can learn that it ended, so that a client that asks again
+    # as soon as it has its answer is not refused for it; in Redis, by the flush that sends the last event.
+    if generation.slot is not None:
+        try:
+            await generation.slot.release_along(event_log())
+        except Exception:  # a bug: the reply is stored and its readers must still hear of it (the slot expires)
+            logger.exception("The max_parallel slot of generation %s could not be released", rid)
     # The outcome is settled before the last event goes out: a reader that sees the event finds it.
     if failure is not None:
         generation.outcome.set_exception(failure)

@@ -267,6 +267,8 @@ async def stateless_chunks(
             yield _data(chunk)
         if usage is None:
             usage = llm.estimate_usage(messages, "".join(text))
+        if slot is not None:  # free before the client can see the end, so that it may ask again at once
+            await slot.release()
         if include_usage and last is not None:
             yield _data(
                 {

@@ -75,6 +75,23 @@ def test_max_parallel_refuses_a_second_reply_while_one_is_in_progress(user, live
     assert len(backend.requests) == 2
 
 
+def test_at_max_parallel_1_a_client_may_ask_again_as_soon_as_it_has_its_answer(user, live_url, backend):
+    # The slot is freed before the answer (or the stream's end) can reach the client, on every front door.
+    _, raw = api_key_create(user=user, limits={"max_parallel": 1})
+    session = session_for(raw)
+    client = openai.OpenAI(base_url=f"{live_url}/v1", api_key=raw, max_retries=0)
+    messages: Any = [{"role": "user", "content": "again"}]
+    for _ in range(5):
+        assert session.post(f"{live_url}/conversations/new", json={"prompt": "again"}, timeout=30).status_code == 201
+        assert session.post(f"{live_url}/api/ask", json={"content": "again"}, timeout=30).status_code == 200
+        streamed = session.post(f"{live_url}/conversations/new", json={"prompt": "again", "stream": True}, timeout=30)
+        assert streamed.status_code == 200 and "event: completed" in streamed.text
+        assert session.post(f"{live_url}/api/complete", json={"content": "again"}, timeout=30).text
+        assert client.chat.completions.create(model="auto", messages=messages).choices
+        assert list(client.chat.completions.create(model="auto", messages=messages, stream=True))
+    assert len(backend.requests) == 30
+
+
 def test_a_cancelled_generation_releases_its_slot(user, live_url, backend):
     _, raw = api_key_create(user=user, limits={"max_parallel": 1})
     session = session_for(raw)
