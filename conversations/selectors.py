@@ -84,12 +84,7 @@ def conversation_page_with_counts(conversations: QuerySet[Conversation], offset:
     """
     page = list(conversations[offset : offset + limit])
     ids = [c.pk for c in page]
-    counts = dict(
-        Message.objects.filter(conversation__in=ids)
-        .values("conversation")
-        .annotate(n=Count("pk"))
-        .values_list("conversation", "n")
-    )
+    counts = dict(Message.objects.filter(conversation__in=ids).values_list("conversation").annotate(n=Count("pk")))
     tags: dict[uuid.UUID, list[str]] = defaultdict(list)
     for conversation_id, name in ConversationTag.objects.filter(conversation__in=ids).values_list(
         "conversation", "name"
