@@ -875,9 +875,12 @@ def _label(data: Any) -> tuple[str | None, str | None]:
 
 
 # Conversations are committed a batch at a time, each in a savepoint of its own: a commit per conversation
-# (each rewriting the same pages of the indexes, the search index's first) made the import of a 100 MB ChatGPT
-# export take a third longer. A batch ends after the conversation that brings it to this many messages.
+# rewrote the same pages of the indexes (the search index's first) once per conversation. A batch ends after
+# the conversation that brings it to this many messages, or at this many conversations: PostgreSQL keeps up
+# to 64 subtransactions of a transaction in shared memory, and past that every snapshot of every session
+# costs more until it ends.
 IMPORT_BATCH_MESSAGES = 2000
+IMPORT_BATCH_CONVERSATIONS = 50
 
 
 def import_file(
@@ -906,10 +909,10 @@ def _import_batch(
     progress: Callable[[ImportResult, ImportSource], None] | None,
 ) -> bool:
     """Import conversations of `items` (in the caller's transaction) until they hold IMPORT_BATCH_MESSAGES
-    messages; True once `items` is spent."""
+    messages or IMPORT_BATCH_CONVERSATIONS conversations; True once `items` is spent."""
     from conversations.services import conversation_import
 
-    stored = 0
+    stored = savepoints = 0
     for index, data in items:
         if isinstance(data, InvalidImport):
             if index == 0:  # nothing of the file could be read
@@ -921,6 +924,7 @@ def _import_batch(
             tree = conversation_parse(data)
             # A savepoint of its own (conversation_import's atomic block, nested in the batch's): a conversation
             # the database refuses is rolled back alone, and the batch goes on.
+            savepoints += 1
             imported = conversation_import(owner=owner, tree=tree)
         except Malformed as exc:
             result.error(ImportProblem(index, ident, title, str(exc)))
@@ -935,6 +939,6 @@ def _import_batch(
                 stored += len(tree.messages)
         if progress is not None:
             progress(result, source)
-        if stored >= IMPORT_BATCH_MESSAGES:
+        if stored >= IMPORT_BATCH_MESSAGES or savepoints >= IMPORT_BATCH_CONVERSATIONS:
             return False
     return True

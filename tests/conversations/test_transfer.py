@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from accounts.services import api_key_create
+from conversations import transfer
 from conversations.models import Attachment, Conversation, ConversationTag, Folder, Message
 from conversations.services import conversation_create, conversation_update
 
@@ -310,6 +311,22 @@ def test_a_conversation_the_database_refuses_is_reported_and_leaves_nothing_behi
     # Its conversation and the messages stored before the refused one were rolled back; the next one is there.
     assert sorted(Conversation.objects.values_list("title", flat=True)) == ["Cat names", "Greeting"]
     assert Message.objects.count() == 11
+
+
+@pytest.mark.parametrize("batch", [{"IMPORT_BATCH_CONVERSATIONS": 2}, {"IMPORT_BATCH_MESSAGES": 1}])
+def test_an_import_committed_in_several_batches_keeps_every_conversation_once(api, user, monkeypatch, batch):
+    for name, value in batch.items():
+        monkeypatch.setattr(transfer, name, value)
+    refuse_messages_saying("Refuse me")
+    refused = bad(lambda c: c["mapping"]["u2"]["message"]["content"].update(parts=["Refuse me"]))
+    conversations = [chatgpt_conversation(cid=f"c-{n}", title=f"Cats {n}") for n in range(5)]
+    body = json.dumps([*conversations[:3], refused, *conversations[3:]]).encode()
+
+    result = imported(post_import(api, body), imported=5, skipped=0)
+    assert [(e["index"], e["id"]) for e in result["errors"]] == [(3, "bad")]
+    assert sorted(Conversation.objects.values_list("title", flat=True)) == [f"Cats {n}" for n in range(5)]
+    assert Message.objects.count() == 5 * 9
+    imported(post_import(api, body), imported=0, skipped=5)
 
 
 def test_conversations_that_are_not_objects_are_reported(api, user):
