@@ -81,8 +81,14 @@ class Conversation(models.Model):
         ordering = ["-updated_at"]
         indexes = [
             models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx"),
-            # The list: not archived (by default), pinned first, newest first.
-            models.Index(fields=["owner", "archived", "-pinned", "-updated_at"], name="conv_owner_list_idx"),
+            # The list, in its order to the last key (pinned first, newest first, then id), so that a page is read
+            # from the index and never sorted: of the conversations archived or not (the default list),
+            models.Index(
+                fields=["owner", "archived", "-pinned", "-updated_at", "-id"], name="conv_owner_archived_list_idx"
+            ),
+            # and of all of them (`archived=all`; and on SQLite, whose planner cannot use `NOT archived` as an index
+            # key, every list: it reads this index in order and skips the archived ones).
+            models.Index(fields=["owner", "-pinned", "-updated_at", "-id"], name="conv_owner_all_list_idx"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -317,7 +317,12 @@ class MappingNodeOutput(serializers.Serializer):
 
 
 class ConversationOutput(serializers.Serializer):
-    """A conversation; `mapping`/`current_node` are filled in when `context["messages"]` is given."""
+    """A conversation; `mapping`/`current_node` are filled in when `context["messages"]` is given.
+
+    As for MessageOutput, the fields describe the output (and the schema) and `to_representation` writes it out
+    directly: DRF's generic path (a call per field, its time zone looked up for each time) was a quarter of the
+    list's own CPU.
+    """
 
     id = serializers.UUIDField()
     title = serializers.CharField()
@@ -332,6 +337,24 @@ class ConversationOutput(serializers.Serializer):
     archived = serializers.BooleanField()
     tags = serializers.SerializerMethodField()
     folder_id = serializers.UUIDField(allow_null=True)
+
+    def to_representation(self, conversation: Conversation) -> dict[str, Any]:
+        folder_id = conversation.folder_id
+        return {
+            "id": str(conversation.pk),
+            "title": conversation.title,
+            "create_time": iso_time(conversation.created_at),
+            "update_time": iso_time(conversation.updated_at),
+            "model": self.get_model(conversation),
+            "system_prompt": conversation.system_prompt,
+            "message_count": self.get_message_count(conversation),
+            "mapping": self.get_mapping(conversation),
+            "current_node": self.get_current_node(conversation),
+            "pinned": conversation.pinned,
+            "archived": conversation.archived,
+            "tags": self.get_tags(conversation),
+            "folder_id": str(folder_id) if folder_id is not None else None,
+        }
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_tags(self, conversation: Conversation) -> list[str]:

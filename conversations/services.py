@@ -1054,7 +1054,8 @@ def conversation_bulk_apply(
 
 
 def conversation_import(*, owner: User, tree: ImportedConversation) -> Conversation | None:
-    """Store a conversation read from an export, in one transaction, with the fields the service gives the
+    """Store a conversation read from an export, in one atomic block (a savepoint within the transaction of an
+    import's batch: a conversation the database refuses leaves nothing), with the fields the service gives the
     messages it makes (depth, token_count, status; the search index by the database's triggers). None when
     the owner has it already: imported before (same source id), or it is one of theirs (our own export)."""
     with transaction.atomic():

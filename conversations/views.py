@@ -741,8 +741,8 @@ class TransferViewSet(viewsets.ViewSet):
             "Import a ChatGPT export (its conversations.json, or the zip that holds it) or this service's NDJSON, "
             "as the body or the multipart field `file`. Branches, `current_node`, roles and times are kept; "
             "ChatGPT's hidden nodes (empty roots, hidden system messages, tools' calls and outputs) are left out, "
-            "and a hidden system message's text becomes the system prompt. Each conversation is imported in its "
-            "own transaction: a malformed one goes in `errors` and the others are still imported. Importing the "
+            "and a hidden system message's text becomes the system prompt. A malformed conversation goes in `errors` "
+            "with nothing of it stored, and the others are still imported. Importing the "
             "same file again imports nothing (`skipped`). A body that is not JSON, or a zip without "
             "conversations.json, is a `400`."
         ),

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 from accounts.services import api_key_create
+from conversations import transfer
 from conversations.models import Attachment, Conversation, ConversationTag, Folder, Message
 from conversations.services import conversation_create, conversation_update
 
@@ -265,6 +267,7 @@ def bad(mutate) -> dict:
         (lambda c: c["mapping"]["u2"]["message"].update(create_time="yesterday"), "create_time is not a time"),
         (lambda c: c.update(current_node="gone"), "current_node gone is not in mapping"),
         (lambda c: c["mapping"]["u2"].update(children="a2"), "children must be a list"),
+        (lambda c: c["mapping"]["u2"]["message"]["content"].update(parts=["Short\x00er"]), "NUL character"),
     ],
 )
 def test_a_malformed_conversation_is_reported_and_the_others_are_imported(api, user, mutate, says):
@@ -276,6 +279,54 @@ def test_a_malformed_conversation_is_reported_and_the_others_are_imported(api, u
     # Nothing half-made: only the two good ones and their messages.
     assert sorted(Conversation.objects.values_list("title", flat=True)) == ["Cat names", "Greeting"]
     assert Message.objects.count() == 11
+
+
+def refuse_messages_saying(text: str) -> None:
+    """A trigger (for this test's transaction) by which the database refuses to store a message with `text`."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"""CREATE FUNCTION refuse_message() RETURNS trigger AS $$ BEGIN
+                IF NEW.content = '{text}' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"""
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse_message BEFORE INSERT ON conversations_message "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_message()"
+            )
+        else:
+            cursor.execute(
+                f"""CREATE TRIGGER refuse_message BEFORE INSERT ON conversations_message
+                WHEN NEW.content = '{text}' BEGIN SELECT RAISE(ABORT, 'refused'); END"""
+            )
+
+
+def test_a_conversation_the_database_refuses_is_reported_and_leaves_nothing_behind(api, user):
+    refuse_messages_saying("Refuse me")
+    refused = bad(lambda c: c["mapping"]["u2"]["message"]["content"].update(parts=["Refuse me"]))
+    body = json.dumps([chatgpt_conversation(), refused, with_instructions()]).encode()
+    result = imported(post_import(api, body), imported=2, skipped=0)
+    [error] = result["errors"]
+    assert (error["index"], error["id"], error["title"]) == (1, "bad", "Bad one")
+    assert "refused" in error["message"]
+    # Its conversation and the messages stored before the refused one were rolled back; the next one is there.
+    assert sorted(Conversation.objects.values_list("title", flat=True)) == ["Cat names", "Greeting"]
+    assert Message.objects.count() == 11
+
+
+@pytest.mark.parametrize("batch", [{"IMPORT_BATCH_CONVERSATIONS": 2}, {"IMPORT_BATCH_MESSAGES": 1}])
+def test_an_import_committed_in_several_batches_keeps_every_conversation_once(api, user, monkeypatch, batch):
+    for name, value in batch.items():
+        monkeypatch.setattr(transfer, name, value)
+    refuse_messages_saying("Refuse me")
+    refused = bad(lambda c: c["mapping"]["u2"]["message"]["content"].update(parts=["Refuse me"]))
+    conversations = [chatgpt_conversation(cid=f"c-{n}", title=f"Cats {n}") for n in range(5)]
+    body = json.dumps([*conversations[:3], refused, *conversations[3:]]).encode()
+
+    result = imported(post_import(api, body), imported=5, skipped=0)
+    assert [(e["index"], e["id"]) for e in result["errors"]] == [(3, "bad")]
+    assert sorted(Conversation.objects.values_list("title", flat=True)) == [f"Cats {n}" for n in range(5)]
+    assert Message.objects.count() == 5 * 9
+    imported(post_import(api, body), imported=0, skipped=5)
 
 
 def test_conversations_that_are_not_objects_are_reported(api, user):
