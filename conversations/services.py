@@ -1116,7 +1116,7 @@ _IMPORT_COLUMNS = (
 
 
 def _messages_insert(conversation: Conversation, messages: list[ImportedMessage], ids: dict[int, uuid.UUID]) -> None:
-    """INSERT the imported messages (parents first) with one executemany. bulk_create's preparation of every
+    """INSERT the imported messages (parents first), many rows a statement. bulk_create's preparation of every
     field of every row (a Message instance each, then each field's get_db_prep_save) cost ~300 µs of CPU a
     message, four times the database's own work, FTS index included; rows of plain values cost ~10 µs."""
     uuid_value = (lambda u: u) if connection.features.has_native_uuid_field else (lambda u: u.hex)
