@@ -36,6 +36,11 @@ FLUSH_MAX_EVENTS = 10_000
 RETRY_DELAY = 1.0
 # A Redis that has not answered a command within this many seconds (beyond its XREAD BLOCK) is taken to be down.
 REDIS_TIMEOUT = 5.0
+# With Redis, how long this worker keeps its own copy of a finished generation's events once Redis has them
+# all: readers here after that read Redis's, which keeps them CHATAPI_GENERATION_LOG_TTL. (A copy kept the whole
+# TTL was ~13 KB a reply held for ten minutes: most of a busy worker's memory.) A log with events not yet in
+# Redis (unsent, or in a flush not yet answered) stays until they are, or until the TTL.
+LOCAL_KEEP_SECONDS = 10.0
 # A reader waiting without a heartbeat still hears from Redis this often, so that a dead connection shows.
 MAX_BLOCK = 5.0
 # The stream of a generation whose worker died before its terminal event still goes away, a day later.
@@ -183,10 +188,24 @@ class LocalEventLog(EventLog):
         return event
 
     def _sweep(self) -> None:
-        """Drop the logs of generations that ended more than CHATAPI_GENERATION_LOG_TTL seconds ago."""
-        ended_before = time.monotonic() - settings.CHATAPI_GENERATION_LOG_TTL
-        while self._ended and self._ended[0][0] <= ended_before:
-            self._logs.pop(self._ended.popleft()[1], None)
+        """Drop the logs of generations that ended more than CHATAPI_GENERATION_LOG_TTL seconds ago (or as
+        _kept_after_end says)."""
+        now = time.monotonic()
+        expired = now - settings.CHATAPI_GENERATION_LOG_TTL
+        while self._ended and self._ended[0][0] <= now - self._kept_after_end():
+            ended_at, generation_id = self._ended[0]
+            if ended_at > expired and not self._only_copy_elsewhere(generation_id):
+                break  # the oldest must stay; the sweep looks no further than the head
+            self._ended.popleft()
+            self._logs.pop(generation_id, None)
+
+    def _kept_after_end(self) -> float:
+        """How long a finished generation's log is kept here at least."""
+        return float(settings.CHATAPI_GENERATION_LOG_TTL)
+
+    def _only_copy_elsewhere(self, generation_id: str) -> bool:
+        """Whether the log's events are all kept elsewhere too, so that the copy here may go before the TTL."""
+        return False
 
     async def read(
         self, generation_id: str, *, after: int = 0, heartbeat: float | None = None
@@ -282,6 +301,7 @@ class RedisEventLog(LocalEventLog):
         self._rt: _Runtime | None = None
         # generation id → seq of its first event not yet sent to Redis
         self._unsent: dict[str, int] = {}
+        self._sending: dict[str, int] = {}  # the batch of the flush in flight
         # What the next flush also removes: (sorted set, member, called once removed)
         self._removals: list[tuple[str, str, Callable[[], None]]] = []
         self._outage = False  # so that an outage is logged once, not once per try
@@ -317,6 +337,12 @@ class RedisEventLog(LocalEventLog):
         self._here().wake.set()
         return event
 
+    def _kept_after_end(self) -> float:
+        return min(LOCAL_KEEP_SECONDS, settings.CHATAPI_GENERATION_LOG_TTL)
+
+    def _only_copy_elsewhere(self, generation_id: str) -> bool:
+        return generation_id not in self._unsent and generation_id not in self._sending
+
     def remove_with_next_flush(self, redis_url: str, key: str, member: str, sent: Callable[[], None]) -> bool:
         if redis_url != self._url:
             return False
@@ -342,6 +368,7 @@ class RedisEventLog(LocalEventLog):
         """Send the unsent events (FLUSH_MAX_EVENTS at most) in one round trip; False if Redis failed (kept unsent)."""
         rt.wake.clear()
         batch, self._unsent = self._unsent, {}
+        self._sending = batch  # still unsent until Redis has them (the sweep keeps their logs)
         removals, self._removals = self._removals, []
         ttl = settings.CHATAPI_GENERATION_LOG_TTL
         keys: list[str] = []
@@ -369,6 +396,7 @@ class RedisEventLog(LocalEventLog):
         if self._unsent:
             rt.wake.set()
         if not entries and not removals:
+            self._sending = {}
             return True
         removed: list[tuple[int, str]] = []
         for key, member, _ in removals:
@@ -379,6 +407,7 @@ class RedisEventLog(LocalEventLog):
         except BaseException as exc:
             # All of the batch again: what came since is newer, and what did arrive is refused as a duplicate.
             self._unsent.update(batch)
+            self._sending = {}
             self._removals[:0] = removals
             rt.wake.set()
             if not isinstance(exc, (RedisError, OSError)):
@@ -387,6 +416,7 @@ class RedisEventLog(LocalEventLog):
                 self._outage = True
                 logger.warning("Redis is unreachable (%s): generation events are kept and sent when it is back", exc)
             return False
+        self._sending = {}
         if self._outage:
             self._outage = False
             logger.warning("Redis is reachable again: the generation events kept meanwhile are sent")

@@ -500,3 +500,35 @@ def test_events_published_while_redis_is_down_reach_it_when_it_is_back(caplog, q
     messages = [r.getMessage() for r in caplog.records]
     assert sum("generation events are kept" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1
+
+
+def test_with_redis_a_finished_log_is_kept_here_briefly_then_read_from_redis(
+    redis_url, redis_client, monkeypatch
+) -> None:
+    # The worker's own copy of a finished reply goes once Redis has every event; readers here then read Redis's.
+    monkeypatch.setattr(events, "LOCAL_KEEP_SECONDS", 0.3)
+    log, generation_id = RedisEventLog(redis_url), new_id()
+
+    async def body() -> None:
+        published = await publish_reply(log, generation_id, deltas=2)
+        await until(lambda: redis_client.xlen(stream_key(generation_id)) == 4)
+        assert log.is_local(generation_id)
+        await asyncio.sleep(0.4)
+        assert not log.is_local(generation_id)
+        assert await collect(log, generation_id) == published
+
+    run(log, body)
+
+
+def test_with_redis_down_a_finished_log_is_kept_here_until_redis_has_it(caplog, quick_retries, monkeypatch) -> None:
+    monkeypatch.setattr(events, "LOCAL_KEEP_SECONDS", 0.1)
+    log, generation_id = RedisEventLog(f"redis://127.0.0.1:{free_port()}/0"), new_id()  # nothing listens there
+
+    async def body() -> None:
+        published = await publish_reply(log, generation_id, deltas=1)
+        await asyncio.sleep(0.5)  # flushes have failed meanwhile
+        assert log.is_local(generation_id)
+        assert await collect(log, generation_id) == published
+
+    with caplog.at_level(logging.WARNING, logger="conversations.events"):
+        run(log, body)
