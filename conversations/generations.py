@@ -391,13 +391,11 @@ async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Even
     None whenever nothing came for a while (the caller may send a keep-alive). A reply whose log is gone
     (it ended long ago) gives its last event, from the database."""
     rid = str(reply.pk)
-    log = event_log()
-    if settings.REDIS_URL and reply.status == Message.Status.IN_PROGRESS and running(rid) is None:
-        # Generated elsewhere, and just started, maybe: its first events reach Redis within a flush (20 ms).
-        await _until_logged(rid)
+    # Generated elsewhere, and just started, maybe: its first events reach Redis within a flush (20 ms).
+    elsewhere = settings.REDIS_URL and reply.status == Message.Status.IN_PROGRESS and running(rid) is None
     seen = after  # the id of the last event given
     try:
-        async with aclosing(log.read(rid, after=after, heartbeat=READER_CHECK_SECONDS)) as events:
+        async with aclosing(_read(rid, after=after, wait=1.0 if elsewhere else 0.0)) as events:
             async for event in events:
                 if event is None and running(rid) is None:
                     # Quiet, and not generated here: is it still being generated somewhere? Its worker may
@@ -425,18 +423,29 @@ async def reply_events(reply: Message, *, after: int = 0) -> AsyncGenerator[Even
         yield Event(seq=seen + 1, name="error", data=error_event(error, rid))
 
 
-async def _until_logged(rid: str, wait: float = 1.0) -> None:
-    """Wait (a little) until the log of a generation running elsewhere has its first event."""
-    deadline = asyncio.get_running_loop().time() + wait
-    while asyncio.get_running_loop().time() < deadline:
+async def _read(rid: str, *, after: int, wait: float) -> AsyncGenerator[Event | None, None]:
+    """The event log's read of a generation, but a log that is missing at first is waited for, up to `wait`
+    seconds. In the same read as the events themselves: a resumed stream's first event is one round trip to
+    Redis away, not two."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        events = event_log().read(rid, after=after, heartbeat=READER_CHECK_SECONDS)
         try:
-            async with aclosing(event_log().read(rid, after=0, heartbeat=0.01)) as events:
-                await anext(events)
-            return
-        except (LogMissing, StopAsyncIteration):
+            first = await anext(events)
+        except LogMissing:
+            await events.aclose()
+            if loop.time() >= deadline:
+                raise
             await asyncio.sleep(0.02)
-        except LogUnavailable:
-            return  # the reader says so
+            continue
+        except StopAsyncIteration:
+            return
+        break
+    async with aclosing(events):
+        yield first
+        async for event in events:
+            yield event
 
 
 def _reply_get(reply_id: uuid.UUID) -> Message | None:
