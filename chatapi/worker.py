@@ -10,8 +10,8 @@ requests), not every hundredth. The objects of the requests being served when th
 collected move to the oldest, and those in reference cycles stay there until a full collection: with one
 every hundredth (some 200,000 requests) a worker grew by what each request left there. The benchmark's
 soak (PostgreSQL, two workers, Redis) measured +35% of memory from 10,000 to 100,000 requests, and
-+24 MB per 10,000 asks on one worker. A full collection costs milliseconds: the frozen objects are
-not looked at.
++24 MB per 10,000 asks on one worker; now +2.3%. The full collections walk only what is not frozen:
+CPU per ask did not change that an interleaved A/B could see (-0.08 +/- 0.21 ms).
 """
 
 from __future__ import annotations
