@@ -243,17 +243,40 @@ def api_key_update(*, api_key: APIKey, name: str | None = None, limits: Limits |
     return api_key
 
 
+# The budget period of each key as this process last read it while counting its usage. With it, a reply's usage is
+# one UPDATE of the key's row, guarded by the windows that period and this minute give (−0.45 ms of CPU per reply
+# against a locked read and an UPDATE, measured in one process on PostgreSQL); a guess that no longer holds (a new
+# minute or period, a key moved to another period, a deleted key) matches no row, and the usage is counted the
+# careful way. Cleared rather than let grow past _PERIODS_KNOWN_MAX keys.
+_periods_known: dict[uuid.UUID, str] = {}
+_PERIODS_KNOWN_MAX = 10_000
+
+
 def api_key_usage_record(*, api_key_id: uuid.UUID, prompt_tokens: int, completion_tokens: int) -> None:
     """Add one reply's token usage to a key's totals, its tokens this minute and in its budget period: a
     window that has passed starts again from this reply. The key's row is locked while its windows are read
-    and written, so that no concurrent reply's usage is lost.
+    and written, so that no concurrent reply's usage is lost; when both windows are the current ones, as they
+    are for most replies, one UPDATE guarded by them does it without the read.
 
-    (One UPDATE choosing the windows with CASE expressions needs no read, but the ORM takes some 7 ms of CPU
-    to build it, against some 3 ms for this read and a plain UPDATE: measured in one process, interleaved.)
+    (One UPDATE choosing the windows with CASE expressions needs no read either, but the ORM takes some 7 ms of
+    CPU to build it, against some 3 ms for this read and a plain UPDATE: measured in one process, interleaved.)
     """
     tokens = prompt_tokens + completion_tokens
     now = timezone.now()
     minute = key_limits.minute_start(now)
+    totals = {
+        "request_count": F("request_count") + 1,
+        "prompt_tokens": F("prompt_tokens") + prompt_tokens,
+        "completion_tokens": F("completion_tokens") + completion_tokens,
+        "total_tokens": F("total_tokens") + tokens,
+    }
+    known = _periods_known.get(api_key_id)
+    if known is not None:
+        current = APIKey.objects.filter(
+            pk=api_key_id, budget_period=known, budget_window=key_limits.period_start(known, now), tpm_window=minute
+        )
+        if current.update(**totals, tpm_used=F("tpm_used") + tokens, budget_used=F("budget_used") + tokens):
+            return
     with transaction.atomic(savepoint=False):  # a savepoint inside a caller's transaction would change nothing
         windows = APIKey.objects.select_for_update().filter(pk=api_key_id)
         try:
@@ -261,18 +284,19 @@ def api_key_usage_record(*, api_key_id: uuid.UUID, prompt_tokens: int, completio
                 "budget_period", "budget_window", "tpm_window"
             ).get()
         except APIKey.DoesNotExist:
+            _periods_known.pop(api_key_id, None)
             return  # the key was deleted meanwhile: there is nothing to count against
         period = key_limits.period_start(budget_period, now)
         windows.update(
-            request_count=F("request_count") + 1,
-            prompt_tokens=F("prompt_tokens") + prompt_tokens,
-            completion_tokens=F("completion_tokens") + completion_tokens,
-            total_tokens=F("total_tokens") + tokens,
+            **totals,
             tpm_used=F("tpm_used") + tokens if tpm_window == minute else tokens,
             tpm_window=minute,
             budget_used=F("budget_used") + tokens if budget_window == period else tokens,
             budget_window=period,
         )
+    if len(_periods_known) >= _PERIODS_KNOWN_MAX:
+        _periods_known.clear()
+    _periods_known[api_key_id] = budget_period
 
 
 def api_key_revoke(*, api_key: APIKey) -> APIKey:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts import limits
@@ -32,6 +33,18 @@ def test_usage_adds_up_within_the_minute_and_the_budget_period(user):
     now = timezone.now()
     assert (key.tpm_used, key.tpm_window) == (13, limits.minute_start(now))
     assert (key.budget_used, key.budget_window) == (13, limits.period_start("day", now))
+
+
+def test_a_reply_in_the_current_windows_is_counted_in_one_statement(user):
+    key, _ = api_key_create(user=user, limits={"budget_tokens": 1000, "budget_period": "month"})
+    record(key)  # the first reads the key's windows
+    with CaptureQueriesContext(connection) as queries:
+        api_key_usage_record(api_key_id=key.pk, prompt_tokens=1, completion_tokens=2)
+    key.refresh_from_db()
+
+    # A turn of the minute between the two makes it the careful way again: a locked read, then the UPDATE.
+    assert len(queries) == 1 or key.tpm_used == 3, [query["sql"] for query in queries]
+    assert (key.request_count, key.total_tokens, key.budget_used) == (2, 13, 13)
 
 
 def test_a_window_that_has_passed_starts_again_from_this_reply(user):
