@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 
 import pytest
@@ -263,3 +264,39 @@ def test_a_reply_whose_conversation_is_deleted_meanwhile_still_counts_its_tokens
     )
     assert wait_until(lambda: APIKey.objects.filter(user=user, total_tokens__gt=0).exists())
     response.close()
+
+
+def test_generations_at_the_same_time_each_have_a_thread_and_later_ones_reuse_them():
+    """A generation's database work runs on a thread of its own while it runs (one waiting for a row lock
+    stalls no other), and the worker lends that thread to a later generation instead of starting another."""
+    from asgiref.sync import sync_to_async
+
+    def where(wait: threading.Event | None = None) -> threading.Thread:
+        if wait is not None:
+            assert wait.wait(10), "the other generation's work never ran: the two shared a thread"
+        return threading.current_thread()  # (an ident, unlike the thread, can be a dead thread's again)
+
+    async def run() -> tuple[list[threading.Thread], list[threading.Thread]]:
+        release = threading.Event()
+
+        async def waiting() -> threading.Thread:
+            async with generations.own_thread():
+                return await sync_to_async(where)(release)
+
+        async def releasing() -> threading.Thread:
+            async with generations.own_thread():
+                thread = await sync_to_async(where)()
+                release.set()
+                return thread
+
+        together = list(await asyncio.gather(waiting(), releasing()))
+        later = []
+        for _ in range(5):
+            async with generations.own_thread():
+                later.append(await sync_to_async(where)())
+        return together, later
+
+    together, later = asyncio.run(run())
+
+    assert together[0] is not together[1]
+    assert all(any(thread is lent for lent in together) for thread in later)  # none started for the later ones
