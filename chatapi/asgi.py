@@ -2,6 +2,13 @@
 
 Django's own ASGI handler serves every request. Around it, the ASGI lifespan sets a worker process up
 when it starts and puts it back when it stops (chatapi.worker).
+
+Django's handler gives each request a thread of its own, started for it (asgiref's ThreadSensitiveContext),
+for its synchronous work. At `request_started` that thread has no database connection to close and no query
+log to clear, yet the two receivers Django connects there (close_old_connections, reset_queries) would be run
+in it, a hand-off to the thread and back for nothing: 0.26 ms of CPU per request (1.81 against 1.55 ms for an
+API request to /healthz through the handler, in one process, five pairs). Here they are disconnected, for
+this ASGI application only; `request_finished`, which closes the connections a request used, is untouched.
 """
 
 from __future__ import annotations
@@ -10,7 +17,9 @@ import logging
 import os
 from typing import Any
 
+from django.core import signals
 from django.core.asgi import get_asgi_application
+from django.db import close_old_connections, reset_queries
 
 from chatapi.env import exit_on_setting_error
 
@@ -19,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 with exit_on_setting_error():
     django_application = get_asgi_application()
+signals.request_started.disconnect(close_old_connections)
+signals.request_started.disconnect(reset_queries)
 
 from chatapi.worker import worker_started, worker_stopping  # noqa: E402  (needs the settings)
 
