@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -9,7 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 
-from chatapi.worker import on_worker_start
+from chatapi.worker import on_worker_start, on_worker_stop
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,3 +65,38 @@ def statistics_refresh() -> None:
 @on_worker_start
 async def _statistics_at_start() -> None:
     await db_work(statistics_refresh)()
+
+
+# SQLite: a connection the worker holds open for its life (see wal_hold).
+_held: list[sqlite3.Connection] = []
+
+
+def wal_hold() -> None:
+    """SQLite in WAL mode: hold one connection open, so that the write-ahead log outlives the others.
+
+    A request, and a reply being stored, open a connection and close it when done (their threads do not
+    outlive them). When the last connection to a database closes, SQLite checkpoints the log into the
+    database and deletes it with its shared-memory file, and the next connection makes them again: with
+    one connection held, a request's connection opens and closes without either (0.57 -> 0.07 ms to open one
+    and write a row, 0.43 -> 0.01 ms to close it, measured on this machine).
+    """
+    if connection.vendor != "sqlite" or connection.is_in_memory_db() or _held:
+        return
+    held = sqlite3.connect(connection.settings_dict["NAME"], check_same_thread=False)
+    held.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opens the database file and its log
+    _held.append(held)
+
+
+def wal_release() -> None:
+    while _held:
+        _held.pop().close()
+
+
+@on_worker_start
+async def _wal_at_start() -> None:
+    wal_hold()
+
+
+@on_worker_stop
+async def _wal_at_stop() -> None:
+    wal_release()

@@ -126,3 +126,17 @@ def test_bare_authorization_header_and_401_over_http(served):
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert response.json()["error"]["type"] == "authentication_error"
+
+
+def test_on_sqlite_the_write_ahead_log_stays_between_requests(served, site):
+    """The worker holds a connection open, so that the requests' own connections, closed after each, do
+    not each end with SQLite folding its write-ahead log into the database and deleting it."""
+    url, key, server = served
+    env, _ = site
+    wal = Path(env["DATABASE_URL"].removeprefix("sqlite:///") + "-wal")
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {key}"
+    for _ in range(3):
+        assert s.post(f"{url}/conversations/new", json={"prompt": "Hi"}, timeout=10).status_code == 201
+        time.sleep(0.2)  # the reply is stored, its connection closed
+        assert wal.exists(), server_log(server)
