@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
-from asgiref.sync import AsyncToSync
+from asgiref.sync import AsyncToSync, async_to_sync
 from django.conf import settings
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -542,6 +542,22 @@ class RedisEventLog(LocalEventLog):
         while (self._unsent or self._removals) and await self._flush(rt):
             pass
         await rt.client.aclose()
+
+
+def cancel_generations(generation_ids: list[str]) -> None:
+    """From synchronous code (a service, once a deletion has committed): ask whichever worker runs each of
+    these generations to stop it. One that cannot be told (Redis is down) runs to its end."""
+
+    async def tell() -> None:
+        log = event_log()
+        for generation_id in generation_ids:
+            try:
+                await log.request_cancel(generation_id)
+            except LogUnavailable as exc:
+                logger.warning("Generation %s could not be stopped: %s", generation_id, exc)
+
+    if generation_ids:
+        async_to_sync(tell)()
 
 
 def _cancelling() -> bool:

@@ -8,18 +8,20 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import api_key_usage_record
 from chatapi.errors import ApplicationError, BackendError, Conflict, InvalidRequest, NotFound
 from conversations import llm, tools
+from conversations.events import cancel_generations
 from conversations.models import Attachment, Conversation, ConversationTag, Folder, Message
 from conversations.selectors import (
     conversation_get_for_user,
@@ -159,14 +161,27 @@ def conversation_update(
     return conversation
 
 
+def _stop_generating(replies: QuerySet[Message]) -> None:
+    """Once the transaction that deletes `replies` (or removes them) commits, those still being generated stop,
+    on whichever worker generates them: their backend requests close, and no more tokens go to replies that
+    are gone. Their generations end with an `error` event, as for a reply deleted meanwhile."""
+    generating = [str(pk) for pk in replies.filter(status=Message.Status.IN_PROGRESS).values_list("pk", flat=True)]
+    if generating:
+        transaction.on_commit(partial(cancel_generations, generating))
+
+
 def conversation_delete(*, conversation: Conversation) -> None:
-    conversation.delete()
+    with transaction.atomic():
+        _stop_generating(Message.objects.filter(conversation=conversation))
+        conversation.delete()
 
 
 def conversation_delete_all(*, owner: User) -> int:
     """Delete every conversation of `owner` (and only theirs); returns how many."""
-    count = Conversation.objects.filter(owner=owner).count()
-    Conversation.objects.filter(owner=owner).delete()
+    with transaction.atomic():
+        count = Conversation.objects.filter(owner=owner).count()
+        _stop_generating(Message.objects.filter(conversation__owner=owner))
+        Conversation.objects.filter(owner=owner).delete()
     return count
 
 
@@ -891,6 +906,7 @@ def message_remove(*, conversation: Conversation, message: Message) -> None:
         if conversation.current_node_id == message.pk:
             conversation.current_node_id = parent_id
             conversation.save(update_fields=["current_node"])
+        _stop_generating(Message.objects.filter(pk=message.pk))
         Message.objects.filter(pk=message.pk).delete()
 
 
@@ -920,6 +936,7 @@ def message_delete(*, conversation: Conversation, message: Message) -> int:
             conversation.save(update_fields=["current_node"])
         # Their files go once this commits (conversations.signals).
         Attachment.objects.filter(message_id__in=ids).delete()
+        _stop_generating(Message.objects.filter(pk__in=ids))
         Message.objects.filter(pk__in=ids).delete()
     return len(ids)
 
@@ -1032,6 +1049,7 @@ def conversation_bulk_apply(
                 details={"ids": missing},
             )
         if action == "delete":
+            _stop_generating(Message.objects.filter(conversation__in=found))
             conversations.delete()
         elif action in ("archive", "unarchive"):
             conversations.update(archived=action == "archive")

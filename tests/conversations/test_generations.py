@@ -266,6 +266,31 @@ def test_a_reply_whose_conversation_is_deleted_meanwhile_still_counts_its_tokens
     response.close()
 
 
+@pytest.mark.parametrize("what", ["conversation", "subtree", "bulk", "all"])
+def test_deleting_a_reply_being_generated_stops_its_generation(http, backend, what):
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.1)
+    response = start_stream(http)
+    seen = events_until(response, 2)
+    cid, rid = seen[0].data["conversation_id"], seen[0].data["response_id"]
+    request_id = seen[0].data["request"]["id"]
+    base = f"{http.base_url}/conversations"
+
+    if what == "conversation":
+        deleted = http.delete(f"{base}/{cid}", timeout=10)
+    elif what == "subtree":  # the prompt, and with it the reply below it
+        deleted = http.delete(f"{base}/{cid}/messages/{request_id}", timeout=10)
+    elif what == "bulk":
+        deleted = http.post(f"{base}/bulk", json={"ids": [cid], "action": "delete"}, timeout=10)
+    else:
+        deleted = http.delete(f"{base}/all", timeout=10)
+
+    assert deleted.status_code in (200, 204), deleted.text
+    # The backend request is closed within a second or so, not left to run its 3 seconds to the end.
+    assert wait_until(lambda: backend.streams_cut_by_client == 1, timeout=2), "the backend request was not closed"
+    assert not Message.objects.filter(pk=rid).exists()
+
+
 def test_generations_at_the_same_time_each_have_a_thread_and_later_ones_reuse_them():
     """A generation's database work runs on a thread of its own while it runs (one waiting for a row lock
     stalls no other), and the worker lends that thread to a later generation instead of starting another."""

@@ -130,6 +130,27 @@ def test_a_generation_on_one_worker_is_cancelled_through_the_other(cluster, back
     assert backend.streams_cut_by_client == 1, "the backend request was not closed"
 
 
+def test_a_conversation_deleted_through_the_other_worker_stops_its_generation(cluster, backend):
+    first, second = cluster.urls
+    session = cluster.session()
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.1)
+    response = start_stream(session, first, "delete me")
+    events = read_events(response)
+    seen = first_events(events, 2)
+
+    deleted = session.delete(f"{second}/conversations/{seen[0].data['conversation_id']}", timeout=30)
+
+    assert deleted.status_code == 204, deleted.text
+    # The stream on the first worker ends, told the reply is gone, and the backend request is closed.
+    rest = [e for e in events if isinstance(e, Event)]
+    assert rest[-1].event == "error" and rest[-1].data["error"]["code"] == "conversation_not_found"
+    deadline = time.monotonic() + 5
+    while not backend.streams_cut_by_client and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.streams_cut_by_client == 1, "the backend request was not closed"
+
+
 def test_a_worker_killed_mid_reply_leaves_it_interrupted_with_its_text(cluster, backend):
     survivor = cluster.urls[0]
     session = cluster.session()
