@@ -589,7 +589,8 @@ async def _keep() -> None:
             try:
                 if _running:
                     texts = {gen.job.reply_id: "".join(gen.text) for gen in list(_running.values())}
-                    await db_work(services.replies_keep)(texts=texts)
+                    for reply_id in await db_work(services.replies_keep)(texts=texts):
+                        _stop_ended_elsewhere(reply_id)
                 await slots_renew()
                 await _reap()
                 if failing:
@@ -599,6 +600,16 @@ async def _keep() -> None:
                 if not failing:
                     logger.exception("Keeping the generations' leases failed; trying again every tick")
                 failing = True
+
+
+def _stop_ended_elsewhere(reply_id: uuid.UUID) -> None:
+    """A reply generated here that is no longer in progress in the database: a cancel that did not reach this
+    worker (Redis was down, or its listener reconnecting) and that ended it elsewhere, or a deletion. Its
+    generation stops, rather than spend the backend's tokens on a result that would not be stored."""
+    generation = running(reply_id)
+    if generation is not None and not generation.finishing:
+        logger.warning("Reply %s ended elsewhere while it was generated here: its generation stops.", reply_id)
+        generation.stop("cancelled")
 
 
 async def _reap() -> None:

@@ -463,14 +463,18 @@ def _reply_store(
     return reply
 
 
-def replies_keep(*, texts: dict[uuid.UUID, str]) -> None:
+def replies_keep(*, texts: dict[uuid.UUID, str]) -> list[uuid.UUID]:
     """Renew the lease of replies this worker is generating, and store their text so far (what a reload
-    shows, and what is kept if the worker dies)."""
+    shows, and what is kept if the worker dies). Returns those that are no longer in progress: ended
+    elsewhere (cancelled through a worker that could not tell this one, taken for dead) or deleted."""
     deadline = lease_deadline()
     in_progress = Message.objects.filter(status=Message.Status.IN_PROGRESS)
+    gone: list[uuid.UUID] = []
     with transaction.atomic():
         for reply_id, text in texts.items():
-            in_progress.filter(pk=reply_id).update(content=text, lease_expires_at=deadline)
+            if not in_progress.filter(pk=reply_id).update(content=text, lease_expires_at=deadline):
+                gone.append(reply_id)
+    return gone
 
 
 def reply_end_abandoned(

@@ -216,6 +216,24 @@ def test_a_reply_in_progress_shows_its_text_so_far(http, backend, settings):
     response.close()
 
 
+def test_a_reply_ended_elsewhere_while_generated_here_stops_its_generation(http, backend, settings):
+    """A cancel that never reached the worker generating the reply (Redis down, its listener reconnecting):
+    the worker that took it ended the reply after waiting. The generating worker finds out at its next lease
+    renewal, and stops calling the backend for a result that would not be stored."""
+    settings.CHATAPI_GENERATION_LEASE_SECONDS = 3  # renewed every second
+    backend.reply_with(WORDS)
+    backend.stream_slowly(0.2)  # 6 s in all
+    response = start_stream(http)
+    seen = events_until(response, 2)
+    rid = seen[0].data["response_id"]
+
+    # What generations.generation_cancel does when no worker answers: the reply ends where the cancel came.
+    Message.objects.filter(pk=rid).update(status="cancelled", finish_details="cancelled", lease_expires_at=None)
+
+    assert wait_until(lambda: backend.streams_cut_by_client == 1, timeout=3), "the backend request was not closed"
+    assert Message.objects.get(pk=rid).status == "cancelled"
+
+
 def test_cancelling_a_user_message_is_a_409(http, backend):
     reply = http.post(f"{http.base_url}/conversations/new", json={"prompt": "hi"}, timeout=30).json()["response"]
     response = http.post(
