@@ -177,9 +177,9 @@ async def own_thread() -> AsyncIterator[None]:
     if _under_a_synchronous_caller():
         yield
         return
-    if _idle_executors:
+    try:
         executor = _idle_executors.pop()
-    else:
+    except IndexError:  # (checked by popping: loops in other threads, as in tests, take from it too)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatapi-generation")
     try:
         async with ThreadSensitiveContext(executor=executor):
