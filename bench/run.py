@@ -806,6 +806,10 @@ user = User.objects.get(username="bench")
 key = api_key_create(user=user, name="queries")[1]
 client = Client(HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_HOST="127.0.0.1")
 client.get("/conversations")
+# The key's first reply in a process reads its usage windows, later ones need no read: one ask before counting.
+warm = Conversation.objects.create(owner=user, title="warm-up")
+warmed = client.post(f"/conversations/{warm.pk}/ask", {"prompt": "hi"}, content_type="application/json")
+assert warmed.status_code == 201, warmed.content
 counts = {}
 for depth in (2, 200):
     conversation = Conversation.objects.create(owner=user, title=f"depth {depth}")
