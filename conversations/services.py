@@ -167,7 +167,8 @@ def _stop_generating(replies: QuerySet[Message]) -> None:
     are gone. Their generations end with an `error` event, as for a reply deleted meanwhile."""
     generating = [str(pk) for pk in replies.filter(status=Message.Status.IN_PROGRESS).values_list("pk", flat=True)]
     if generating:
-        transaction.on_commit(partial(cancel_generations, generating))
+        # Robust: a stop that fails is logged, and the deletion, committed, still answers as one.
+        transaction.on_commit(partial(cancel_generations, generating), robust=True)
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
