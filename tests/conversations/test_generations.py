@@ -285,7 +285,9 @@ def test_a_reply_whose_conversation_is_deleted_meanwhile_still_counts_its_tokens
 
 
 @pytest.mark.parametrize("what", ["conversation", "subtree", "bulk", "all"])
-def test_deleting_a_reply_being_generated_stops_its_generation(http, backend, what):
+def test_deleting_a_reply_being_generated_stops_its_generation(http, backend, what, monkeypatch):
+    # The deletion stops it itself, at once: not the worker's next lease renewal finding its row gone.
+    monkeypatch.setattr(generations, "_stop_ended_elsewhere", lambda reply_id: None)
     backend.reply_with(WORDS)
     backend.stream_slowly(0.1)
     response = start_stream(http)
