@@ -7,9 +7,10 @@ A persisted ask (POST /conversations/{id}/ask, not streamed) is made of three ki
 here on its own as CPU time of this process per ask (time.process_time), with nothing else in the process:
 
 - `orm`: the statements an ask issues, written as plainly as the ORM says them: the key and its user, then in
-  one transaction the conversation locked, its branch (the recursive CTE), the prompt and the reply inserted
-  and the conversation moved on, then in another the reply stored and the key's usage counted. Three units,
-  each giving its connection back as chatapi's db_work does (to psycopg's pool on PostgreSQL).
+  one transaction the conversation locked, its branch (the recursive CTE, by the project's own selector), the
+  prompt and the reply inserted and the conversation moved on, then in another the reply stored and the key's
+  usage counted. Three units, each giving its connection back as chatapi's db_work does (to psycopg's pool on
+  PostgreSQL).
 - `services`: the same three units through chatapi's own functions (api_key_authenticate,
   conversation_ask_prepare with reply_begin, reply_finish): what chatapi's code adds to the ORM's.
 - `sdk`: the backend call through the `openai` SDK: a streamed chat completion from the benchmark's fake
@@ -74,16 +75,6 @@ def measure(n: int, rounds: int) -> dict[str, tuple[float, float]]:
     user = APIKey.objects.get(name="bench").user
     conversation = Conversation.objects.create(owner=user, title="floor", model=bench.INSTANT)
     root = Message.objects.create(conversation=conversation, role="user", content="hello", depth=0)
-    table = Message._meta.db_table
-    cte = f"""
-        WITH RECURSIVE path(id, parent_id, total) AS (
-            SELECT id, parent_id, token_count FROM {table} WHERE id = %s AND conversation_id = %s
-            UNION ALL
-            SELECT m.id, m.parent_id, p.total + m.token_count FROM {table} m JOIN path p ON m.id = p.parent_id
-            WHERE p.total <= %s
-        )
-        SELECT t.*, path.total AS context_total FROM {table} t JOIN path ON t.id = path.id
-    """
 
     def unit(work: Callable[[], Any]) -> Any:
         try:
@@ -97,7 +88,8 @@ def measure(n: int, rounds: int) -> dict[str, tuple[float, float]]:
         def store() -> Message:
             with transaction.atomic():
                 locked = Conversation.objects.select_for_update().get(pk=conversation.pk, owner=key.user)
-                path = list(Message.objects.raw(cte, [root.pk, locked.pk, 100_000]))
+                # The recursive CTE, the one statement the ORM cannot say: the project's own.
+                path, _ = selectors.message_context_get(conversation=locked, leaf_id=root.pk, budget=100_000)
                 prompt = Message.objects.create(
                     conversation=locked, parent=path[-1], role="user", content="How are you?", depth=1
                 )

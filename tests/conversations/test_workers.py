@@ -20,7 +20,7 @@ import requests
 
 from tests.cluster import manage, services_absent, worker_site
 from tests.fake_openai import FakeOpenAI
-from tests.live import Event, read_events
+from tests.live import Event, read_events, wait_until
 from tests.ops.test_serving import _free_port, _serving
 
 REDIS = os.environ.get("CHATAPI_TEST_REDIS", "redis://127.0.0.1:6379/14")
@@ -145,10 +145,7 @@ def test_a_conversation_deleted_through_the_other_worker_stops_its_generation(cl
     # The stream on the first worker ends, told the reply is gone, and the backend request is closed.
     rest = [e for e in events if isinstance(e, Event)]
     assert rest[-1].event == "error" and rest[-1].data["error"]["code"] == "conversation_not_found"
-    deadline = time.monotonic() + 5
-    while not backend.streams_cut_by_client and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert backend.streams_cut_by_client == 1, "the backend request was not closed"
+    assert wait_until(lambda: backend.streams_cut_by_client == 1, timeout=5), "the backend request was not closed"
 
 
 def test_a_worker_killed_mid_reply_leaves_it_interrupted_with_its_text(cluster, backend):
